@@ -1,0 +1,47 @@
+//! Choosing a device in one line: `gralora::device::select("auto")?`.
+
+use burn::tensor::{Device, DeviceKind};
+
+use crate::AdapterError;
+
+/// The wgpu adapters present (any backend wgpu was built with), without initialising burn's runtime.
+pub fn wgpu_adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+/// Whether a real GPU (not a software rasteriser such as lavapipe) is reachable through wgpu.
+pub fn has_gpu() -> bool {
+    wgpu_adapters()
+        .iter()
+        .any(|a| a.device_type != wgpu::DeviceType::Cpu)
+}
+
+/// The device named by `name`: `flex` (CPU reference backend), `wgpu` (best wgpu adapter, a
+/// software one included), or `auto` (a GPU through wgpu if there is one, else `flex`).
+pub fn select(name: &str) -> Result<Device, AdapterError> {
+    match name {
+        "flex" | "cpu" => Ok(Device::flex()),
+        "wgpu" => {
+            if wgpu_adapters().is_empty() {
+                return Err(AdapterError::State(
+                    "no wgpu adapter found; install a Vulkan/Metal/DX12 driver (on Linux without a GPU: \
+                     mesa-vulkan-drivers) or use --device flex"
+                        .into(),
+                ));
+            }
+            Ok(Device::wgpu(DeviceKind::DefaultDevice))
+        }
+        "auto" => Ok(if has_gpu() {
+            Device::wgpu(DeviceKind::DefaultDevice)
+        } else {
+            Device::flex()
+        }),
+        other => Err(AdapterError::State(format!(
+            "unknown device `{other}`; use `auto`, `wgpu` or `flex`"
+        ))),
+    }
+}

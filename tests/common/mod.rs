@@ -1,0 +1,134 @@
+//! Helpers shared by the integration tests: the devices to run on, host-side data, and an
+//! independent f64 reference of docs/METHODS.md written with plain loops.
+#![allow(dead_code)]
+
+use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+
+/// Flex always; wgpu when an adapter exists. Without one the wgpu half is reported as skipped,
+/// unless `GRALORA_REQUIRE_WGPU=1`, where a missing adapter fails the test.
+pub fn devices() -> Vec<(&'static str, Device)> {
+    let mut out = vec![("flex", Device::flex())];
+    if gralora::device::wgpu_adapters().is_empty() {
+        if std::env::var("GRALORA_REQUIRE_WGPU").as_deref() == Ok("1") {
+            panic!(
+                "GRALORA_REQUIRE_WGPU=1 but no wgpu adapter was found (install mesa-vulkan-drivers libvulkan1)"
+            );
+        }
+        eprintln!("wgpu: skipped (no adapter on this machine)");
+    } else {
+        out.push(("wgpu", Device::wgpu(DeviceKind::DefaultDevice)));
+    }
+    out
+}
+
+/// Deterministic pseudo-random numbers in [-1, 1) (splitmix64), so tests need no RNG crate state.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next_f64() as f32).collect()
+    }
+}
+
+pub fn tensor<const D: usize>(data: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(data.to_vec(), shape), device)
+}
+
+pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// ΔW `[in, out]` (row-major) of GraLoRA from the block formula of METHODS.md §2:
+/// `ΔW[n·ib + p, j·ob + q] = s · Σ_t A[n][p][j·rb + t] · B[j][n·rb + t][q]`.
+pub fn gralora_delta_ref(
+    a: &[f32],
+    b: &[f32],
+    k: usize,
+    d_in: usize,
+    d_out: usize,
+    r: usize,
+    s: f64,
+) -> Vec<f64> {
+    let (ib, ob, rb) = (d_in / k, d_out / k, r / k);
+    let mut dw = vec![0.0f64; d_in * d_out];
+    for n in 0..k {
+        for j in 0..k {
+            for p in 0..ib {
+                for q in 0..ob {
+                    let mut acc = 0.0f64;
+                    for t in 0..rb {
+                        let av = a[(n * ib + p) * r + j * rb + t] as f64;
+                        let bv = b[(j * r + n * rb + t) * ob + q] as f64;
+                        acc += av * bv;
+                    }
+                    dw[(n * ib + p) * d_out + j * ob + q] = s * acc;
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// `s · A B` for LoRA `A: [in, r]`, `B: [r, out]`.
+pub fn lora_delta_ref(
+    a: &[f32],
+    b: &[f32],
+    d_in: usize,
+    d_out: usize,
+    r: usize,
+    s: f64,
+) -> Vec<f64> {
+    let mut dw = vec![0.0f64; d_in * d_out];
+    for i in 0..d_in {
+        for o in 0..d_out {
+            let acc: f64 = (0..r)
+                .map(|t| a[i * r + t] as f64 * b[t * d_out + o] as f64)
+                .sum();
+            dw[i * d_out + o] = s * acc;
+        }
+    }
+    dw
+}
+
+/// `x (W + ΔW) + bias`, `x: [T, in]`.
+pub fn dense_forward_ref(
+    x: &[f32],
+    w: &[f32],
+    dw: &[f64],
+    bias: Option<&[f32]>,
+    t: usize,
+    d_in: usize,
+    d_out: usize,
+) -> Vec<f64> {
+    let mut y = vec![0.0f64; t * d_out];
+    for row in 0..t {
+        for o in 0..d_out {
+            let mut acc = bias.map_or(0.0, |b| b[o] as f64);
+            for i in 0..d_in {
+                acc += x[row * d_in + i] as f64 * (w[i * d_out + o] as f64 + dw[i * d_out + o]);
+            }
+            y[row * d_out + o] = acc;
+        }
+    }
+    y
+}
+
+/// Largest `|got - want| / max(1, |want|)`.
+pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).abs() / w.abs().max(1.0))
+        .fold(0.0, f64::max)
+}
