@@ -70,8 +70,9 @@ impl GraLoraAdapter {
         (k, ib, r, ob)
     }
 
-    /// The block branch without scale or hybrid part, by burn's own ops (the reference
-    /// composite; METHODS.md §2 steps 1–5).
+    /// The block branch without scale or hybrid part, by burn's own ops (METHODS.md §2 steps
+    /// 1–5, regroup copy included). The forward uses the block-matmul op instead; this is the
+    /// composite it is measured and checked against.
     ///
     /// # Shapes
     /// - x: `[T, in]`

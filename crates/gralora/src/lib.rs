@@ -18,12 +18,14 @@
 mod adapt;
 mod adapted_linear;
 mod adapter;
+mod backends;
 mod config;
 pub mod device;
 mod error;
 mod gralora;
 mod init;
 mod lora;
+pub mod ops;
 mod targets;
 
 pub use adapt::{AdaptReport, AdaptedLayer, DenseAdapter, adapt, attach_adapters, linear_layers};

@@ -1,0 +1,275 @@
+//! `block_matmul`: the one custom op behind GraLoRA's forward and backward (docs/METHODS.md §2).
+//!
+//! `out[g, m, n] = alpha · Σ_kk L(g, m, kk) · R(g, kk, n)` where every operand is addressed through
+//! `offset = g · batch + row(i) + col(j)` and an axis is plain (`i · lo`) or split
+//! (`(i / split) · hi + (i % split) · lo`). The split form reads GraLoRA's regrouped intermediate
+//! in place, so neither the forward nor the backward ever materialises the regroup copy, and the
+//! gradient of a block matmul is again a block matmul (the operand maps transposed).
+//!
+//! The op is declared once here; each backend's way lives under `backends/`: WGSL on wgpu
+//! (`shaders/block_matmul.wgsl`), strided `gemm` calls on Flex, the same body lazily on Fusion,
+//! and a hand-written backward on Autodiff.
+
+use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
+use burn::tensor::{Shape, Tensor};
+
+/// How one index of an operand maps to a buffer offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Axis {
+    /// Block length of a split axis; 0 for a plain axis.
+    pub split: usize,
+    /// Stride between blocks (split axes only).
+    pub hi: usize,
+    /// Stride within a block (or the plain stride).
+    pub lo: usize,
+}
+
+impl Axis {
+    /// A plain axis: `offset(i) = i · stride`.
+    pub const fn plain(stride: usize) -> Self {
+        Self {
+            split: 0,
+            hi: 0,
+            lo: stride,
+        }
+    }
+
+    /// A split axis: `offset(i) = (i / split) · hi + (i % split) · lo`.
+    pub const fn split(split: usize, hi: usize, lo: usize) -> Self {
+        Self { split, hi, lo }
+    }
+
+    /// The offset of index `i`.
+    #[inline]
+    pub fn offset(&self, i: usize) -> usize {
+        if self.split == 0 {
+            i * self.lo
+        } else {
+            (i / self.split) * self.hi + (i % self.split) * self.lo
+        }
+    }
+
+    /// The end of the contiguous run of indices starting at `i` (exclusive), capped at `len`.
+    #[inline]
+    pub(crate) fn run_end(&self, i: usize, len: usize) -> usize {
+        if self.split == 0 {
+            len
+        } else {
+            ((i / self.split + 1) * self.split).min(len)
+        }
+    }
+}
+
+/// How an operand's `(g, row, col)` maps to a buffer offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Operand {
+    /// Stride of the batch index g.
+    pub batch: usize,
+    /// The row axis.
+    pub row: Axis,
+    /// The column axis.
+    pub col: Axis,
+}
+
+impl Operand {
+    /// A contiguous batch of `[rows, cols]` matrices.
+    pub const fn contiguous(rows: usize, cols: usize) -> Self {
+        Self {
+            batch: rows * cols,
+            row: Axis::plain(cols),
+            col: Axis::plain(1),
+        }
+    }
+
+    /// The same storage read as its transpose.
+    pub const fn transposed(self) -> Self {
+        Self {
+            batch: self.batch,
+            row: self.col,
+            col: self.row,
+        }
+    }
+
+    /// The offset of `(g, i, j)`.
+    #[inline]
+    pub fn offset(&self, g: usize, i: usize, j: usize) -> usize {
+        g * self.batch + self.row.offset(i) + self.col.offset(j)
+    }
+}
+
+/// A block matmul: sizes, scale and the three operand maps.
+///
+/// The maps must be one-to-one onto their tensors: `G·M·K` elements of the lhs tensor,
+/// `G·K·N` of the rhs and `G·M·N` of the output, each reached exactly once. That makes the
+/// gradient of each input the block matmul that writes through that input's own map.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockMatmul {
+    /// Batch count G.
+    pub g: usize,
+    /// Output rows M.
+    pub m: usize,
+    /// Output columns N.
+    pub n: usize,
+    /// Reduction length K.
+    pub k: usize,
+    /// Factor applied to every output.
+    pub alpha: f32,
+    /// Map of the left operand, indexed `(g, m, kk)`.
+    pub lhs: Operand,
+    /// Map of the right operand, indexed `(g, kk, n)`.
+    pub rhs: Operand,
+    /// Map of the output, indexed `(g, m, n)`.
+    pub out: Operand,
+    /// Shape of the output tensor (its element count is `G·M·N`).
+    pub out_shape: Vec<usize>,
+    /// Shape of the left tensor (for its gradient).
+    pub lhs_shape: Vec<usize>,
+    /// Shape of the right tensor (for its gradient).
+    pub rhs_shape: Vec<usize>,
+}
+
+impl BlockMatmul {
+    /// The op computing `∂L/∂lhs` from `∂L/∂out`: `alpha · gO · Rᵀ`, written through lhs's map.
+    pub fn grad_lhs(&self) -> Self {
+        Self {
+            g: self.g,
+            m: self.m,
+            n: self.k,
+            k: self.n,
+            alpha: self.alpha,
+            lhs: self.out,
+            rhs: self.rhs.transposed(),
+            out: self.lhs,
+            out_shape: self.lhs_shape.clone(),
+            lhs_shape: self.out_shape.clone(),
+            rhs_shape: self.rhs_shape.clone(),
+        }
+    }
+
+    /// The op computing `∂L/∂rhs` from `∂L/∂out`: `alpha · Lᵀ · gO`, written through rhs's map.
+    /// Its left operand is the original lhs and its right operand the output gradient.
+    pub fn grad_rhs(&self) -> Self {
+        Self {
+            g: self.g,
+            m: self.k,
+            n: self.n,
+            k: self.m,
+            alpha: self.alpha,
+            lhs: self.lhs.transposed(),
+            rhs: self.out,
+            out: self.rhs,
+            out_shape: self.rhs_shape.clone(),
+            lhs_shape: self.lhs_shape.clone(),
+            rhs_shape: self.out_shape.clone(),
+        }
+    }
+
+    pub(crate) fn check(&self) {
+        let count = |s: &[usize]| s.iter().product::<usize>();
+        assert_eq!(count(&self.out_shape), self.g * self.m * self.n, "block_matmul: output map must cover the output");
+        assert_eq!(count(&self.lhs_shape), self.g * self.m * self.k, "block_matmul: lhs map must cover lhs");
+        assert_eq!(count(&self.rhs_shape), self.g * self.k * self.n, "block_matmul: rhs map must cover rhs");
+    }
+
+    /// The reference: straight loops over host slices (row-major, contiguous). Used by the Flex
+    /// backend's tests and as the definition the kernels are checked against.
+    pub fn reference(&self, lhs: &[f32], rhs: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.g * self.m * self.n];
+        for g in 0..self.g {
+            for i in 0..self.m {
+                for j in 0..self.n {
+                    let mut acc = 0.0f64;
+                    for kk in 0..self.k {
+                        acc += lhs[self.lhs.offset(g, i, kk)] as f64 * rhs[self.rhs.offset(g, kk, j)] as f64;
+                    }
+                    out[self.out.offset(g, i, j)] = (self.alpha as f64 * acc) as f32;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The backend extension. Inputs are read as contiguous row-major buffers.
+#[backend_extension(Flex, Cube, Fusion, Autodiff)]
+pub trait BlockMatmulOps: Backend {
+    /// `out = alpha · L · R` through the operand maps of `spec`.
+    #[fusion(dtype = lhs, shape = Shape::from(spec.out_shape.clone()))]
+    fn block_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, spec: BlockMatmul) -> FloatTensor<Self>;
+}
+
+/// Run a block matmul on tensors of any device. `lhs`, `rhs` and the result have the shapes
+/// recorded in `spec`.
+pub fn block_matmul<const DL: usize, const DR: usize, const DO: usize>(
+    lhs: Tensor<DL>,
+    rhs: Tensor<DR>,
+    spec: BlockMatmul,
+) -> Tensor<DO> {
+    spec.check();
+    assert_eq!(lhs.dims().as_slice(), spec.lhs_shape.as_slice(), "block_matmul: lhs shape");
+    assert_eq!(rhs.dims().as_slice(), spec.rhs_shape.as_slice(), "block_matmul: rhs shape");
+    assert_eq!(spec.out_shape.len(), DO, "block_matmul: output rank");
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(Dispatch::block_matmul(lhs.into_dispatch(), rhs.into_dispatch(), spec))
+}
+
+/// GraLoRA's block branch `s · regroup(x_blocks · A) · B` as two block matmuls, no regroup copy.
+///
+/// # Shapes
+/// - x: `[T, in]`, a: `[k, in/k, r]`, b: `[k, r, out/k]`
+/// - output: `[T, out]`
+pub fn gralora_blocks(x: Tensor<2>, a: Tensor<3>, b: Tensor<3>, scale: f64) -> Tensor<2> {
+    let [t, d_in] = x.dims();
+    let [k, ib, r] = a.dims();
+    let ob = b.dims()[2];
+    let rb = r / k;
+    // h[n] = x_n · A[n]: x read as [k(n), T, ib] in place.
+    let h: Tensor<3> = block_matmul(
+        x,
+        a,
+        BlockMatmul {
+            g: k,
+            m: t,
+            n: r,
+            k: ib,
+            alpha: 1.0,
+            lhs: Operand {
+                batch: ib,
+                row: Axis::plain(d_in),
+                col: Axis::plain(1),
+            },
+            rhs: Operand::contiguous(ib, r),
+            out: Operand::contiguous(t, r),
+            out_shape: vec![k, t, r],
+            lhs_shape: vec![t, d_in],
+            rhs_shape: vec![k, ib, r],
+        },
+    );
+    // y_j = Σ_n h[n][:, j-block] · B[j][n-block]: h read regrouped in place
+    // (column c = n·rb + u of batch j is h[n][t, j·rb + u]); y written as [T, out] directly.
+    block_matmul(
+        h,
+        b,
+        BlockMatmul {
+            g: k,
+            m: t,
+            n: ob,
+            k: r,
+            alpha: scale as f32,
+            lhs: Operand {
+                batch: rb,
+                row: Axis::plain(r),
+                col: Axis::split(rb, t * r, 1),
+            },
+            rhs: Operand::contiguous(r, ob),
+            out: Operand {
+                batch: ob,
+                row: Axis::plain(k * ob),
+                col: Axis::plain(1),
+            },
+            out_shape: vec![t, k * ob],
+            lhs_shape: vec![k, t, r],
+            rhs_shape: vec![k, r, ob],
+        },
+    )
+}

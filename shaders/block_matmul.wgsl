@@ -1,0 +1,104 @@
+// Batched block matmul with two-level operand addressing (gralora, docs/METHODS.md §2).
+//
+//   out[g, m, n] = alpha * Σ_kk L(g, m, kk) · R(g, kk, n)
+//
+// Every operand is read or written through `offset = g·batch + axis(row) + axis(col)` where an
+// axis is either plain (`i · lo`) or split (`(i / split) · hi + (i % split) · lo`). The split form
+// lets GraLoRA's regrouped intermediate be read in place: no `[k, T, r]` copy is ever made.
+//
+// This file is a template filled by `crates/gralora/src/backends/cube.rs`:
+// - the split factors are baked in (the lhs/rhs/out offset placeholders become expressions of the
+//   indices `gm`, `gk`, `gn`),
+//   strides, sizes and alpha come through `info`, so one compiled kernel serves every batch size;
+// - the tile shape (WX×WY threads, TM×TN outputs each) is chosen per call so that a small rank
+//   (N or M = 16) does not leave most of a square tile idle;
+// - the TM×TN register tile is written out unrolled (declaration, inner product and store),
+//   so accumulators stay in registers instead of a dynamically indexed private array.
+// Out-of-range loads read 0 and out-of-range stores are skipped: any M, N, K (T = 1 included) works.
+// All bindings are read_write: cubecl sub-allocates tensors from shared buffers, and wgpu refuses one
+// buffer bound both read-only and writable in a dispatch.
+{{ enable_f16 }}
+@group(0) @binding(0) var<storage, read_write> lhs: array<{{ elem }}>;
+@group(0) @binding(1) var<storage, read_write> rhs: array<{{ elem }}>;
+@group(0) @binding(2) var<storage, read_write> out: array<{{ elem }}>;
+// [M, N, K, alpha bits,
+//  lhs: batch, row_hi, row_lo, col_hi, col_lo,
+//  rhs: batch, row_hi, row_lo, col_hi, col_lo,
+//  out: batch, row_hi, row_lo, col_hi, col_lo]
+@group(0) @binding(3) var<storage, read_write> info: array<u32>;
+
+const WX: u32 = {{ wx }}u;
+const WY: u32 = {{ wy }}u;
+const BM: u32 = {{ bm }}u;
+const BN: u32 = {{ bn }}u;
+const BK: u32 = 16u;
+const THREADS: u32 = WX * WY;
+
+var<workgroup> a_tile: array<f32, {{ a_tile_len }}>; // [BK][BM]
+var<workgroup> b_tile: array<f32, {{ b_tile_len }}>; // [BK][BN]
+
+@compute @workgroup_size({{ wx }}, {{ wy }}, 1)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let m_len = info[0];
+    let n_len = info[1];
+    let k_len = info[2];
+    let alpha = bitcast<f32>(info[3]);
+    let l_row_hi = info[5];
+    let l_row_lo = info[6];
+    let l_col_hi = info[7];
+    let l_col_lo = info[8];
+    let r_row_hi = info[10];
+    let r_row_lo = info[11];
+    let r_col_hi = info[12];
+    let r_col_lo = info[13];
+    let o_row_hi = info[15];
+    let o_row_lo = info[16];
+    let o_col_hi = info[17];
+    let o_col_lo = info[18];
+    let g = wid.z;
+    let lhs_base = g * info[4];
+    let rhs_base = g * info[9];
+    let out_base = g * info[14];
+    let row0 = wid.y * BM;
+    let col0 = wid.x * BN;
+
+{{ acc_decl }}
+    for (var k0 = 0u; k0 < k_len; k0 += BK) {
+        for (var s = 0u; s < BK * BM / THREADS; s++) {
+            let e = lidx + THREADS * s;
+            let am = e % BM;
+            let ak = e / BM;
+            let gm = row0 + am;
+            let gk = k0 + ak;
+            var v = 0.0;
+            if (gm < m_len && gk < k_len) {
+                v = f32(lhs[lhs_base + {{ lhs_row }} + {{ lhs_col }}]);
+            }
+            a_tile[ak * BM + am] = v;
+        }
+        for (var s = 0u; s < BK * BN / THREADS; s++) {
+            let e = lidx + THREADS * s;
+            let bn = e % BN;
+            let bk = e / BN;
+            let gn = col0 + bn;
+            let gk = k0 + bk;
+            var v = 0.0;
+            if (gn < n_len && gk < k_len) {
+                v = f32(rhs[rhs_base + {{ rhs_row }} + {{ rhs_col }}]);
+            }
+            b_tile[bk * BN + bn] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a_row = kk * BM + lid.y;
+            let b_row = kk * BN + lid.x;
+{{ compute }}
+        }
+        workgroupBarrier();
+    }
+{{ store }}
+}
