@@ -74,6 +74,28 @@ fn scalar(t: Tensor<1>) -> f32 {
     t.into_scalar::<f32>()
 }
 
+/// 30 AdamW steps on the regression batch, printing the loss before and after.
+fn fit<M: Module>(
+    name: &str,
+    mut model: M,
+    forward: fn(&M, Tensor<2>) -> Tensor<2>,
+    x: &Tensor<2>,
+    y: &Tensor<2>,
+) -> M {
+    let loss = |model: &M| mse(forward(model, x.clone()), y.clone());
+    let mut optim = AdamWConfig::new().init();
+    let first = scalar(loss(&model));
+    for _ in 0..30 {
+        let grads = GradientsParams::from_grads(loss(&model).backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    println!(
+        "[{name}] loss {first:.4} -> {:.4} after 30 AdamW steps",
+        scalar(loss(&model))
+    );
+    model
+}
+
 fn run(name: &str, device: Device) -> Result<(), Box<dyn std::error::Error>> {
     let device = device.autodiff();
     let (x, y) = batch(&device);
@@ -84,17 +106,9 @@ fn run(name: &str, device: Device) -> Result<(), Box<dyn std::error::Error>> {
 
     // Route 1: adapt a foreign model in one call.
     device.seed(1);
-    let (mut model, report) = adapt(Mlp::new(&device), &options)?;
+    let (model, report) = adapt(Mlp::new(&device), &options)?;
     println!("[{name}] route 1, adapt():\n{report}");
-    let mut optim = AdamWConfig::new().init();
-    let first = scalar(mse(model.forward(x.clone()), y.clone()));
-    for _ in 0..30 {
-        let loss = mse(model.forward(x.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-2, model, grads);
-    }
-    let last = scalar(mse(model.forward(x.clone()), y.clone()));
-    println!("[{name}] loss {first:.4} -> {last:.4} after 30 AdamW steps");
+    let model = fit(name, model, Mlp::forward, &x, &y);
     let before_merge = model.forward(x.clone());
     let merged = model.materialize();
     let gap = scalar(
@@ -116,15 +130,7 @@ fn run(name: &str, device: Device) -> Result<(), Box<dyn std::error::Error>> {
         "[{name}] route 2, attach_adapters(): {} trainable parameters",
         report.trainable_params()
     );
-    let mut optim = AdamWConfig::new().init();
-    let first = scalar(mse(model.forward(x.clone()), y.clone()));
-    for _ in 0..30 {
-        let loss = mse(model.forward(x.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-2, model, grads);
-    }
-    let last = scalar(mse(model.forward(x.clone()), y.clone()));
-    println!("[{name}] loss {first:.4} -> {last:.4} after 30 AdamW steps");
+    let model = fit(name, model, AdaptedMlp::forward, &x, &y);
     let before_merge = model.forward(x.clone());
     let merged = AdaptedMlp {
         up: model.up.merge()?,

@@ -14,11 +14,13 @@ use burn::module::{Lora, Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
-use gralora::ops::gralora_blocks;
 use gralora::GraLoraAdapter;
+use gralora::ops::gralora_blocks;
 
 #[derive(Parser)]
-#[command(about = "Time one adapted layer's forward+backward: LoRA, GraLoRA composite, GraLoRA fused, burn's dense LoRA")]
+#[command(
+    about = "Time one adapted layer's forward+backward: LoRA, GraLoRA composite, GraLoRA fused, burn's dense LoRA"
+)]
 struct Args {
     /// `wgpu` (best adapter, software ones included) or `flex` (CPU).
     #[arg(long, default_value = "flex")]
@@ -61,7 +63,12 @@ fn median_ms(device: &Device, iters: usize, mut step: impl FnMut() -> f32) -> f6
 
 /// Sum of one element of every gradient: forces them all without moving them to the host.
 fn touch(grads: &[Tensor<1>]) -> f32 {
-    grads.iter().cloned().reduce(|a, b| a + b).unwrap().into_scalar::<f32>()
+    grads
+        .iter()
+        .cloned()
+        .reduce(|a, b| a + b)
+        .unwrap()
+        .into_scalar::<f32>()
 }
 
 fn first<const D: usize>(t: Tensor<D>) -> Tensor<1> {
@@ -74,17 +81,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = base.autodiff();
     let t = args.tokens;
     if !args.json {
-        println!("device: {}  tokens: {t}  iters: {} (median)", args.device, args.iters);
+        println!(
+            "device: {}  tokens: {t}  iters: {} (median)",
+            args.device, args.iters
+        );
         println!(
             "{:>5} {:>5} {:>4} {:>2} | {:>9} {:>11} {:>9} {:>10} | {:>10} {:>14}",
-            "in", "out", "r", "k", "lora ms", "compos. ms", "fused ms", "dense ms", "fused/lora", "compos./fused"
+            "in",
+            "out",
+            "r",
+            "k",
+            "lora ms",
+            "compos. ms",
+            "fused ms",
+            "dense ms",
+            "fused/lora",
+            "compos./fused"
         );
     }
-    for d in [384usize, 1536, 4096].into_iter().filter(|d| *d <= args.max_dim) {
+    for d in [384usize, 1536, 4096]
+        .into_iter()
+        .filter(|d| *d <= args.max_dim)
+    {
         for &r in &args.ranks {
             for &k in &args.ks {
                 let s = 2.0;
-                let rand = |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Uniform(-0.1, 0.1), &device);
+                let rand = |shape: [usize; 2]| {
+                    Tensor::<2>::random(shape, Distribution::Uniform(-0.1, 0.1), &device)
+                };
                 let x = rand([t, d]).require_grad();
                 let (ib, ob) = (d / k, d / k);
 
@@ -92,22 +116,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let la = rand([d, r]).require_grad();
                 let lb = rand([r, d]).require_grad();
                 let lora_ms = median_ms(&device, args.iters, || {
-                    let y = x.clone().matmul(la.clone()).matmul(lb.clone()).mul_scalar(s);
+                    let y = x
+                        .clone()
+                        .matmul(la.clone())
+                        .matmul(lb.clone())
+                        .mul_scalar(s);
                     let g = y.sum().backward();
-                    touch(&[first(x.grad(&g).unwrap()), first(la.grad(&g).unwrap()), first(lb.grad(&g).unwrap())])
+                    touch(&[
+                        first(x.grad(&g).unwrap()),
+                        first(la.grad(&g).unwrap()),
+                        first(lb.grad(&g).unwrap()),
+                    ])
                 });
 
-                let ga = Tensor::<3>::random([k, ib, r], Distribution::Uniform(-0.1, 0.1), &device).require_grad();
-                let gb = Tensor::<3>::random([k, r, ob], Distribution::Uniform(-0.1, 0.1), &device).require_grad();
+                let ga = Tensor::<3>::random([k, ib, r], Distribution::Uniform(-0.1, 0.1), &device)
+                    .require_grad();
+                let gb = Tensor::<3>::random([k, r, ob], Distribution::Uniform(-0.1, 0.1), &device)
+                    .require_grad();
                 let gralora = |fused: bool| {
                     median_ms(&device, args.iters, || {
                         let y = if fused {
                             gralora_blocks(x.clone(), ga.clone(), gb.clone(), s)
                         } else {
-                            GraLoraAdapter::blocks_composite(x.clone(), ga.clone(), gb.clone()).mul_scalar(s)
+                            GraLoraAdapter::blocks_composite(x.clone(), ga.clone(), gb.clone())
+                                .mul_scalar(s)
                         };
                         let g = y.sum().backward();
-                        touch(&[first(x.grad(&g).unwrap()), first(ga.grad(&g).unwrap()), first(gb.grad(&g).unwrap())])
+                        touch(&[
+                            first(x.grad(&g).unwrap()),
+                            first(ga.grad(&g).unwrap()),
+                            first(gb.grad(&g).unwrap()),
+                        ])
                     })
                 };
                 let composite_ms = gralora(false);
@@ -123,7 +162,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let y = linear.forward(x.clone());
                     let g = y.sum().backward();
                     let adapter = linear.weight.adapter().expect("burn attached its LoRA");
-                    touch(&[first(x.grad(&g).unwrap()), first(adapter.a.val().grad(&g).unwrap()), first(adapter.b.val().grad(&g).unwrap())])
+                    touch(&[
+                        first(x.grad(&g).unwrap()),
+                        first(adapter.a.val().grad(&g).unwrap()),
+                        first(adapter.b.val().grad(&g).unwrap()),
+                    ])
                 });
 
                 if args.json {

@@ -31,7 +31,7 @@ const WX: u32 = {{ wx }}u;
 const WY: u32 = {{ wy }}u;
 const BM: u32 = {{ bm }}u;
 const BN: u32 = {{ bn }}u;
-const BK: u32 = 16u;
+const BK: u32 = {{ bk }}u;
 const THREADS: u32 = WX * WY;
 
 var<workgroup> a_tile: array<f32, {{ a_tile_len }}>; // [BK][BM]

@@ -9,14 +9,18 @@ use burn::nn::Linear;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 use common::*;
-use gralora::ops::{gralora_blocks, Axis, BlockMatmul, Operand};
-use gralora::{Adapter, AdaptedLinear, GraLoraAdapter, GraLoraConfig, Init};
+use gralora::ops::{Axis, BlockMatmul, Operand, gralora_blocks};
+use gralora::{AdaptedLinear, Adapter, GraLoraAdapter, GraLoraConfig, Init};
 
 /// `max |got - want| / max |want|`.
 fn rel(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
     let scale = want.iter().map(|v| v.abs() as f64).fold(1e-12, f64::max);
-    got.iter().zip(want).map(|(g, w)| (*g as f64 - *w as f64).abs()).fold(0.0, f64::max) / scale
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - *w as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
 }
 
 #[test]
@@ -44,9 +48,17 @@ fn block_matmul_matches_its_definition_on_every_map_kind() {
             k,
             alpha: 2.0,
             // lhs column c = (c / 4, c % 4) over a [3 blocks][m][g·4] buffer
-            lhs: Operand { batch: 4, row: Axis::plain(g * 4), col: Axis::split(4, m * g * 4, 1) },
+            lhs: Operand {
+                batch: 4,
+                row: Axis::plain(g * 4),
+                col: Axis::split(4, m * g * 4, 1),
+            },
             rhs: Operand::contiguous(k, n).transposed(),
-            out: Operand { batch: n, row: Axis::plain(g * n), col: Axis::plain(1) },
+            out: Operand {
+                batch: n,
+                row: Axis::plain(g * n),
+                col: Axis::plain(1),
+            },
             out_shape: vec![m, g * n],
             lhs_shape: vec![3, m, g * 4],
             rhs_shape: vec![g, k, n],
@@ -58,21 +70,36 @@ fn block_matmul_matches_its_definition_on_every_map_kind() {
             let lhs = rng.vec(spec.lhs_shape.iter().product());
             let rhs = rng.vec(spec.rhs_shape.iter().product());
             let want = spec.reference(&lhs, &rhs);
-            let l: Tensor<3> = tensor(&lhs, [spec.lhs_shape[0], spec.lhs_shape[1], spec.lhs_shape[2]], &device);
+            let l: Tensor<3> = tensor(
+                &lhs,
+                [spec.lhs_shape[0], spec.lhs_shape[1], spec.lhs_shape[2]],
+                &device,
+            );
             let r: Tensor<3> = tensor(&rhs, [g, k, n], &device);
             let got = if spec.out_shape.len() == 3 {
                 host(gralora::ops::block_matmul::<3, 3, 3>(l, r, spec.clone()))
             } else {
                 host(gralora::ops::block_matmul::<3, 3, 2>(l, r, spec.clone()))
             };
-            assert!(rel(&got, &want) < 1e-5, "{name} spec {i}: {}", rel(&got, &want));
+            assert!(
+                rel(&got, &want) < 1e-5,
+                "{name} spec {i}: {}",
+                rel(&got, &want)
+            );
         }
     }
 }
 
 /// Forward and the three gradients of the block branch on `device` with the op, and on Flex with
 /// burn's ops (autodiff of the composite), for `L = Σ y ⊙ c`.
-fn branch_and_grads(t: usize, d: usize, r: usize, k: usize, device: &Device, composite: bool) -> [Vec<f32>; 4] {
+fn branch_and_grads(
+    t: usize,
+    d: usize,
+    r: usize,
+    k: usize,
+    device: &Device,
+    composite: bool,
+) -> [Vec<f32>; 4] {
     let mut rng = Rng::new((t * 31 + d * 7 + r * 3 + k) as u64);
     let (ib, ob) = (d / k, d / k);
     let x = rng.vec(t * d);
@@ -118,9 +145,15 @@ fn kernel_forward_and_gradients_equal_the_composite_reference() {
         for &(t, d, r, k) in &grid {
             let want = branch_and_grads(t, d, r, k, &flex, true);
             let got = branch_and_grads(t, d, r, k, &device, false);
-            for (what, (g, w)) in ["y", "dL/dx", "dL/dA", "dL/dB"].iter().zip(got.iter().zip(&want)) {
+            for (what, (g, w)) in ["y", "dL/dx", "dL/dA", "dL/dB"]
+                .iter()
+                .zip(got.iter().zip(&want))
+            {
                 let e = rel(g, w);
-                assert!(e < 1e-4, "{name} T={t} d={d} r={r} k={k}: {what} rel err {e:.2e}");
+                assert!(
+                    e < 1e-4,
+                    "{name} T={t} d={d} r={r} k={k}: {what} rel err {e:.2e}"
+                );
             }
         }
     }
@@ -130,12 +163,18 @@ fn kernel_forward_and_gradients_equal_the_composite_reference() {
 fn f16_runs_where_the_device_has_it() {
     for (name, device) in devices() {
         if name == "flex" || !device.supports_dtype(DType::F16) {
-            eprintln!("{name}: f16 skipped (the device has no f16 arithmetic; the op stays in f32)");
+            eprintln!(
+                "{name}: f16 skipped (the device has no f16 arithmetic; the op stays in f32)"
+            );
             continue;
         }
         let (t, d, r, k) = (40, 64, 16, 2);
         let mut rng = Rng::new(5);
-        let (x, a, b) = (rng.vec(t * d), rng.vec(k * (d / k) * r), rng.vec(k * r * (d / k)));
+        let (x, a, b) = (
+            rng.vec(t * d),
+            rng.vec(k * (d / k) * r),
+            rng.vec(k * r * (d / k)),
+        );
         let run = |dtype: FloatDType| {
             let y = gralora_blocks(
                 tensor(&x, [t, d], &device).cast(dtype),
@@ -159,7 +198,15 @@ fn train_step(device: &Device) -> Vec<Vec<f32>> {
         weight: Param::from_tensor(tensor(&rng.vec(d_in * d_out), [d_in, d_out], &ad)),
         bias: None,
     };
-    let mut layer = AdaptedLinear::with_adapter(base, &GraLoraConfig::new(8, 2).with_hybrid_r(2).with_init(Init::Random).into(), "l").unwrap();
+    let mut layer = AdaptedLinear::with_adapter(
+        base,
+        &GraLoraConfig::new(8, 2)
+            .with_hybrid_r(2)
+            .with_init(Init::Random)
+            .into(),
+        "l",
+    )
+    .unwrap();
     // Same starting factors on every device.
     if let Some(Adapter::GraLora(g)) = &mut layer.adapter {
         g.a = Param::from_tensor(tensor(&rng.vec(2 * 16 * 8), [2, 16, 8], &ad));
@@ -172,11 +219,15 @@ fn train_step(device: &Device) -> Vec<Vec<f32>> {
     let target = tensor(&rng.vec(t * d_out), [t, d_out], &ad);
     let mut optim = AdamWConfig::new().init();
     for _ in 0..3 {
-        let loss = (layer.forward(x.clone()) - target.clone()).powi_scalar(2).mean();
+        let loss = (layer.forward(x.clone()) - target.clone())
+            .powi_scalar(2)
+            .mean();
         let grads = GradientsParams::from_grads(loss.backward(), &layer);
         layer = optim.step(1e-2, layer, grads);
     }
-    let Some(Adapter::GraLora(g)) = &layer.adapter else { unreachable!() };
+    let Some(Adapter::GraLora(g)) = &layer.adapter else {
+        unreachable!()
+    };
     vec![host(g.a.val()), host(g.b.val()), host(layer.forward(x))]
 }
 
@@ -187,7 +238,11 @@ fn a_training_step_on_wgpu_matches_flex() {
     for (name, device) in &devices[1..] {
         let got = train_step(device);
         for (i, (g, w)) in got.iter().zip(&reference).enumerate() {
-            assert!(rel(g, w) < 1e-4, "{name}: tensor {i} after 3 AdamW steps differs by {}", rel(g, w));
+            assert!(
+                rel(g, w) < 1e-4,
+                "{name}: tensor {i} after 3 AdamW steps differs by {}",
+                rel(g, w)
+            );
         }
     }
 }

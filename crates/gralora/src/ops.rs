@@ -166,9 +166,21 @@ impl BlockMatmul {
 
     pub(crate) fn check(&self) {
         let count = |s: &[usize]| s.iter().product::<usize>();
-        assert_eq!(count(&self.out_shape), self.g * self.m * self.n, "block_matmul: output map must cover the output");
-        assert_eq!(count(&self.lhs_shape), self.g * self.m * self.k, "block_matmul: lhs map must cover lhs");
-        assert_eq!(count(&self.rhs_shape), self.g * self.k * self.n, "block_matmul: rhs map must cover rhs");
+        assert_eq!(
+            count(&self.out_shape),
+            self.g * self.m * self.n,
+            "block_matmul: output map must cover the output"
+        );
+        assert_eq!(
+            count(&self.lhs_shape),
+            self.g * self.m * self.k,
+            "block_matmul: lhs map must cover lhs"
+        );
+        assert_eq!(
+            count(&self.rhs_shape),
+            self.g * self.k * self.n,
+            "block_matmul: rhs map must cover rhs"
+        );
     }
 
     /// The reference: straight loops over host slices (row-major, contiguous). Used by the Flex
@@ -180,7 +192,8 @@ impl BlockMatmul {
                 for j in 0..self.n {
                     let mut acc = 0.0f64;
                     for kk in 0..self.k {
-                        acc += lhs[self.lhs.offset(g, i, kk)] as f64 * rhs[self.rhs.offset(g, kk, j)] as f64;
+                        acc += lhs[self.lhs.offset(g, i, kk)] as f64
+                            * rhs[self.rhs.offset(g, kk, j)] as f64;
                     }
                     out[self.out.offset(g, i, j)] = (self.alpha as f64 * acc) as f32;
                 }
@@ -195,7 +208,11 @@ impl BlockMatmul {
 pub trait BlockMatmulOps: Backend {
     /// `out = alpha · L · R` through the operand maps of `spec`.
     #[fusion(dtype = lhs, shape = Shape::from(spec.out_shape.clone()))]
-    fn block_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, spec: BlockMatmul) -> FloatTensor<Self>;
+    fn block_matmul(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        spec: BlockMatmul,
+    ) -> FloatTensor<Self>;
 }
 
 /// Run a block matmul on tensors of any device. `lhs`, `rhs` and the result have the shapes
@@ -206,11 +223,23 @@ pub fn block_matmul<const DL: usize, const DR: usize, const DO: usize>(
     spec: BlockMatmul,
 ) -> Tensor<DO> {
     spec.check();
-    assert_eq!(lhs.dims().as_slice(), spec.lhs_shape.as_slice(), "block_matmul: lhs shape");
-    assert_eq!(rhs.dims().as_slice(), spec.rhs_shape.as_slice(), "block_matmul: rhs shape");
+    assert_eq!(
+        lhs.dims().as_slice(),
+        spec.lhs_shape.as_slice(),
+        "block_matmul: lhs shape"
+    );
+    assert_eq!(
+        rhs.dims().as_slice(),
+        spec.rhs_shape.as_slice(),
+        "block_matmul: rhs shape"
+    );
     assert_eq!(spec.out_shape.len(), DO, "block_matmul: output rank");
     use burn::backend::Dispatch;
-    Tensor::from_dispatch(Dispatch::block_matmul(lhs.into_dispatch(), rhs.into_dispatch(), spec))
+    Tensor::from_dispatch(Dispatch::block_matmul(
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
+        spec,
+    ))
 }
 
 /// GraLoRA's block branch `s · regroup(x_blocks · A) · B` as two block matmuls, no regroup copy.

@@ -3,12 +3,12 @@
 //! like it, never materialises GraLoRA's regroup copy.
 
 use burn::backend::Backend;
+use burn::backend::tensor::FloatTensor;
+use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
-use burn::backend::tensor::FloatTensor;
 
 use crate::ops::{BlockMatmul, BlockMatmulOps};
 
@@ -18,7 +18,12 @@ struct BlockMatmulBackward;
 impl<B: Backend + BlockMatmulOps> Backward<B, 2> for BlockMatmulBackward {
     type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, BlockMatmul);
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
         let (lhs, rhs, spec) = ops.state;
         let [node_lhs, node_rhs] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
@@ -43,7 +48,11 @@ impl<B: Backend + BlockMatmulOps, C: CheckpointStrategy> BlockMatmulOps for Auto
         let lhs = lhs.into_primitive();
         let rhs = rhs.into_primitive();
         let out = B::block_matmul(lhs.clone(), rhs.clone(), spec.clone());
-        match BlockMatmulBackward.prepare::<C>([lhs_node, rhs_node]).compute_bound().stateful() {
+        match BlockMatmulBackward
+            .prepare::<C>([lhs_node, rhs_node])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
                 // Each gradient needs only the other operand.
                 let state = (Some(lhs), Some(rhs), spec);

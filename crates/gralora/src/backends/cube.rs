@@ -2,17 +2,20 @@
 //! compiles WGSL (wgpu on Vulkan, Metal, DX12), the reference composite elsewhere.
 
 use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim, KernelId};
 use burn_cubecl::cubecl::server::KernelArguments;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::template::{KernelSource, SourceKernel, SourceTemplate};
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::CubeBackend;
 
 use crate::ops::{Axis, BlockMatmul, BlockMatmulOps};
 
 const SOURCE: &str = include_str!("../../../../shaders/block_matmul.wgsl");
+
+/// Reduction step per workgroup-memory round (two barriers each).
+const BK: u32 = 16;
 
 /// Threads along N (x) and M (y), and outputs per thread along M and N.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,11 +30,36 @@ impl Tile {
     /// 256 threads a workgroup; a thin side of 16 or 32 (a rank) gets a thin tile.
     fn for_shape(m: usize, n: usize) -> Self {
         match (m, n) {
-            (_, n) if n <= 16 && m > 16 => Self { wx: 4, wy: 64, tm: 2, tn: 4 },
-            (m, _) if m <= 16 && n > 16 => Self { wx: 64, wy: 4, tm: 4, tn: 2 },
-            (_, n) if n <= 32 && m > 32 => Self { wx: 8, wy: 32, tm: 4, tn: 4 },
-            (m, _) if m <= 32 && n > 32 => Self { wx: 32, wy: 8, tm: 4, tn: 4 },
-            _ => Self { wx: 16, wy: 16, tm: 4, tn: 4 },
+            (_, n) if n <= 16 && m > 16 => Self {
+                wx: 4,
+                wy: 64,
+                tm: 2,
+                tn: 4,
+            },
+            (m, _) if m <= 16 && n > 16 => Self {
+                wx: 64,
+                wy: 4,
+                tm: 4,
+                tn: 2,
+            },
+            (_, n) if n <= 32 && m > 32 => Self {
+                wx: 8,
+                wy: 32,
+                tm: 4,
+                tn: 4,
+            },
+            (m, _) if m <= 32 && n > 32 => Self {
+                wx: 32,
+                wy: 8,
+                tm: 4,
+                tn: 4,
+            },
+            _ => Self {
+                wx: 16,
+                wy: 16,
+                tm: 4,
+                tn: 4,
+            },
         }
     }
     fn bm(&self) -> u32 {
@@ -80,9 +108,15 @@ impl BlockMatmulKernel {
                 compute += &format!("            acc{i}_{j} += a{i} * b{j};\n");
             }
         }
-        let (out_row, out_col) = (axis_expr("gm", self.splits[4], "o_row"), axis_expr("gn", self.splits[5], "o_col"));
+        let (out_row, out_col) = (
+            axis_expr("gm", self.splits[4], "o_row"),
+            axis_expr("gn", self.splits[5], "o_col"),
+        );
         for i in 0..tm {
-            store += &format!("    {{\n        let gm = row0 + lid.y + {}u;\n        if (gm < m_len) {{\n", wy * i);
+            store += &format!(
+                "    {{\n        let gm = row0 + lid.y + {}u;\n        if (gm < m_len) {{\n",
+                wy * i
+            );
             for j in 0..tn {
                 store += &format!(
                     "            {{ let gn = col0 + lid.x + {}u; if (gn < n_len) {{ out[out_base + {out_row} + {out_col}] = {elem}(alpha * acc{i}_{j}); }} }}\n",
@@ -107,8 +141,9 @@ impl KernelSource for BlockMatmulKernel {
             .register("wy", t.wy.to_string())
             .register("bm", t.bm().to_string())
             .register("bn", t.bn().to_string())
-            .register("a_tile_len", (16 * t.bm()).to_string())
-            .register("b_tile_len", (16 * t.bn()).to_string())
+            .register("bk", BK.to_string())
+            .register("a_tile_len", (BK * t.bm()).to_string())
+            .register("b_tile_len", (BK * t.bn()).to_string())
             .register("lhs_row", axis_expr("gm", sp[0], "l_row"))
             .register("lhs_col", axis_expr("gk", sp[1], "l_col"))
             .register("rhs_row", axis_expr("gk", sp[2], "r_row"))
@@ -128,7 +163,12 @@ impl KernelSource for BlockMatmulKernel {
 }
 
 fn info(spec: &BlockMatmul) -> Vec<u32> {
-    let mut info = vec![spec.m as u32, spec.n as u32, spec.k as u32, spec.alpha.to_bits()];
+    let mut info = vec![
+        spec.m as u32,
+        spec.n as u32,
+        spec.k as u32,
+        spec.alpha.to_bits(),
+    ];
     for op in [spec.lhs, spec.rhs, spec.out] {
         info.push(op.batch as u32);
         for axis in [op.row, op.col] {
@@ -141,7 +181,14 @@ fn info(spec: &BlockMatmul) -> Vec<u32> {
 
 fn splits(spec: &BlockMatmul) -> [usize; 6] {
     let s = |a: Axis| a.split;
-    [s(spec.lhs.row), s(spec.lhs.col), s(spec.rhs.row), s(spec.rhs.col), s(spec.out.row), s(spec.out.col)]
+    [
+        s(spec.lhs.row),
+        s(spec.lhs.col),
+        s(spec.rhs.row),
+        s(spec.rhs.col),
+        s(spec.out.row),
+        s(spec.out.col),
+    ]
 }
 
 /// Whether this tensor's runtime takes hand-written WGSL.
@@ -155,7 +202,9 @@ impl BlockMatmulOps for CubeBackend {
         let f16 = match dtype {
             DType::F32 => false,
             DType::F16 => true,
-            other => panic!("gralora block_matmul supports f32 and f16 tensors, got {other:?}; cast the adapter"),
+            other => panic!(
+                "gralora block_matmul supports f32 and f16 tensors, got {other:?}; cast the adapter"
+            ),
         };
         assert!(
             compiles_wgsl(&lhs),
@@ -166,19 +215,30 @@ impl BlockMatmulOps for CubeBackend {
         // The offsets are 32-bit in the kernel.
         let limit = u32::MAX as usize;
         assert!(
-            [&spec.out_shape, &spec.lhs_shape, &spec.rhs_shape].iter().all(|s| s.iter().product::<usize>() < limit),
+            [&spec.out_shape, &spec.lhs_shape, &spec.rhs_shape]
+                .iter()
+                .all(|s| s.iter().product::<usize>() < limit),
             "gralora block_matmul: tensors over 2^32 elements are not supported"
         );
         let lhs = into_contiguous(lhs);
         let rhs = into_contiguous(rhs);
         let client = lhs.client.clone();
-        let out = empty_device_contiguous_dtype(client.clone(), lhs.device.clone(), Shape::from(spec.out_shape.clone()), dtype);
+        let out = empty_device_contiguous_dtype(
+            client.clone(),
+            lhs.device.clone(),
+            Shape::from(spec.out_shape.clone()),
+            dtype,
+        );
         if spec.m == 0 || spec.n == 0 || spec.g == 0 {
             return out;
         }
         let info = client.create_from_slice(bytemuck::cast_slice(&info(&spec)));
         let tile = Tile::for_shape(spec.m, spec.n);
-        let kernel = BlockMatmulKernel { f16, splits: splits(&spec), tile };
+        let kernel = BlockMatmulKernel {
+            f16,
+            splits: splits(&spec),
+            tile,
+        };
         let count = CubeCount::Static(
             (spec.n as u32).div_ceil(tile.bn()),
             (spec.m as u32).div_ceil(tile.bm()),
@@ -190,7 +250,11 @@ impl BlockMatmulOps for CubeBackend {
             out.handle.clone().binding(),
             info.binding(),
         ]);
-        client.launch(Box::new(SourceKernel::new(kernel, CubeDim::new_2d(tile.wx, tile.wy))), count, args);
+        client.launch(
+            Box::new(SourceKernel::new(kernel, CubeDim::new_2d(tile.wx, tile.wy))),
+            count,
+            args,
+        );
         out
     }
 }
@@ -203,15 +267,32 @@ mod tests {
     /// parses and validates, with or without a GPU on the machine.
     #[test]
     fn every_kernel_variant_is_valid_wgsl() {
-        let shapes = [(2048, 16), (16, 2048), (2048, 32), (32, 2048), (2048, 2048), (1, 1)];
-        let split_sets = [[0; 6], [0, 8, 0, 0, 0, 0], [4, 0, 0, 4, 0, 4], [2, 3, 5, 7, 11, 13]];
+        let shapes = [
+            (2048, 16),
+            (16, 2048),
+            (2048, 32),
+            (32, 2048),
+            (2048, 2048),
+            (1, 1),
+        ];
+        let split_sets = [
+            [0; 6],
+            [0, 8, 0, 0, 0, 0],
+            [4, 0, 0, 4, 0, 4],
+            [2, 3, 5, 7, 11, 13],
+        ];
         for (m, n) in shapes {
             for splits in split_sets {
                 for f16 in [false, true] {
-                    let kernel = BlockMatmulKernel { f16, splits, tile: Tile::for_shape(m, n) };
+                    let kernel = BlockMatmulKernel {
+                        f16,
+                        splits,
+                        tile: Tile::for_shape(m, n),
+                    };
                     let source = kernel.source().complete();
-                    let module = wgpu::naga::front::wgsl::parse_str(&source)
-                        .unwrap_or_else(|e| panic!("{kernel:?}:\n{}\n{source}", e.emit_to_string(&source)));
+                    let module = wgpu::naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
+                        panic!("{kernel:?}:\n{}\n{source}", e.emit_to_string(&source))
+                    });
                     let mut validator = wgpu::naga::valid::Validator::new(
                         wgpu::naga::valid::ValidationFlags::all(),
                         wgpu::naga::valid::Capabilities::all(),
@@ -229,8 +310,8 @@ mod tests {
         for (m, n) in [(2048, 16), (16, 2048), (2048, 32), (32, 2048), (64, 64)] {
             let t = Tile::for_shape(m, n);
             assert_eq!(t.wx * t.wy, 256);
-            assert_eq!((16 * t.bm()) % 256, 0);
-            assert_eq!((16 * t.bn()) % 256, 0);
+            assert_eq!((BK * t.bm()) % 256, 0);
+            assert_eq!((BK * t.bn()) % 256, 0);
         }
     }
 }
