@@ -10,18 +10,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 use common::*;
 use gralora::ops::{Axis, BlockMatmul, Operand, gralora_blocks};
-use gralora::{AdaptedLinear, Adapter, GraLoraAdapter, GraLoraConfig, Init};
-
-/// `max |got - want| / max |want|`.
-fn rel(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().map(|v| v.abs() as f64).fold(1e-12, f64::max);
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (*g as f64 - *w as f64).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
+use gralora::{AdaptedLinear, Adapter, GraLoraConfig, Init};
 
 #[test]
 fn block_matmul_matches_its_definition_on_every_map_kind() {
@@ -88,40 +77,6 @@ fn block_matmul_matches_its_definition_on_every_map_kind() {
             );
         }
     }
-}
-
-/// Forward and the three gradients of the block branch on `device` with the op, and on Flex with
-/// burn's ops (autodiff of the composite), for `L = Σ y ⊙ c`.
-fn branch_and_grads(
-    t: usize,
-    d: usize,
-    r: usize,
-    k: usize,
-    device: &Device,
-    composite: bool,
-) -> [Vec<f32>; 4] {
-    let mut rng = Rng::new((t * 31 + d * 7 + r * 3 + k) as u64);
-    let (ib, ob) = (d / k, d / k);
-    let x = rng.vec(t * d);
-    let a = rng.vec(k * ib * r);
-    let b = rng.vec(k * r * ob);
-    let c = rng.vec(t * d);
-    let ad = device.clone().autodiff();
-    let xt: Tensor<2> = tensor(&x, [t, d], &ad).require_grad();
-    let at: Tensor<3> = tensor(&a, [k, ib, r], &ad).require_grad();
-    let bt: Tensor<3> = tensor(&b, [k, r, ob], &ad).require_grad();
-    let y = if composite {
-        GraLoraAdapter::blocks_composite(xt.clone(), at.clone(), bt.clone()).mul_scalar(0.75)
-    } else {
-        gralora_blocks(xt.clone(), at.clone(), bt.clone(), 0.75)
-    };
-    let grads = (y.clone() * tensor(&c, [t, d], &ad)).sum().backward();
-    [
-        host(y),
-        host(xt.grad(&grads).unwrap()),
-        host(at.grad(&grads).unwrap()),
-        host(bt.grad(&grads).unwrap()),
-    ]
 }
 
 #[test]

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+use gralora::GraLoraAdapter;
+use gralora::ops::gralora_blocks;
 
 /// Flex always; wgpu when an adapter exists. Without one the wgpu half is reported as skipped,
 /// unless `GRALORA_REQUIRE_WGPU=1`, where a missing adapter fails the test.
@@ -131,4 +133,49 @@ pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
         .zip(want)
         .map(|(g, w)| (*g as f64 - w).abs() / w.abs().max(1.0))
         .fold(0.0, f64::max)
+}
+
+/// `max |got - want| / max |want|`.
+pub fn rel(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().map(|v| v.abs() as f64).fold(1e-12, f64::max);
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - *w as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// Forward and the three gradients of the block branch on `device` with the op, and on Flex with
+/// burn's ops (autodiff of the composite), for `L = Σ y ⊙ c`.
+pub fn branch_and_grads(
+    t: usize,
+    d: usize,
+    r: usize,
+    k: usize,
+    device: &Device,
+    composite: bool,
+) -> [Vec<f32>; 4] {
+    let mut rng = Rng::new((t * 31 + d * 7 + r * 3 + k) as u64);
+    let (ib, ob) = (d / k, d / k);
+    let x = rng.vec(t * d);
+    let a = rng.vec(k * ib * r);
+    let b = rng.vec(k * r * ob);
+    let c = rng.vec(t * d);
+    let ad = device.clone().autodiff();
+    let xt: Tensor<2> = tensor(&x, [t, d], &ad).require_grad();
+    let at: Tensor<3> = tensor(&a, [k, ib, r], &ad).require_grad();
+    let bt: Tensor<3> = tensor(&b, [k, r, ob], &ad).require_grad();
+    let y = if composite {
+        GraLoraAdapter::blocks_composite(xt.clone(), at.clone(), bt.clone()).mul_scalar(0.75)
+    } else {
+        gralora_blocks(xt.clone(), at.clone(), bt.clone(), 0.75)
+    };
+    let grads = (y.clone() * tensor(&c, [t, d], &ad)).sum().backward();
+    [
+        host(y),
+        host(xt.grad(&grads).unwrap()),
+        host(at.grad(&grads).unwrap()),
+        host(bt.grad(&grads).unwrap()),
+    ]
 }

@@ -302,3 +302,9 @@ pub fn gralora_blocks(x: Tensor<2>, a: Tensor<3>, b: Tensor<3>, scale: f64) -> T
         },
     )
 }
+
+/// How many times the `#[cube]` twin kernel has run in this process (CubeCL runtimes that do not
+/// compile WGSL, or `GRALORA_CUBE_TWIN=1`). For diagnostics and tests.
+pub fn cube_twin_launches() -> usize {
+    crate::backends::cube::TWIN_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}

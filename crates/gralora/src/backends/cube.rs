@@ -191,6 +191,61 @@ fn splits(spec: &BlockMatmul) -> [usize; 6] {
     ]
 }
 
+/// `GRALORA_CUBE_TWIN=1` runs the `#[cube]` twin even where WGSL would do (to test it anywhere).
+fn twin_forced() -> bool {
+    std::env::var("GRALORA_CUBE_TWIN").as_deref() == Ok("1")
+}
+
+/// Launches of the `#[cube]` twin so far (lets tests see which path ran).
+pub(crate) static TWIN_LAUNCHES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+fn launch_twin(
+    lhs: &CubeTensor,
+    rhs: &CubeTensor,
+    out: &CubeTensor,
+    info: burn_cubecl::cubecl::server::Handle,
+    spec: &BlockMatmul,
+    f16: bool,
+) {
+    use burn_cubecl::cubecl::calculate_cube_count_elemwise;
+    use burn_cubecl::cubecl::prelude::BufferArg;
+    TWIN_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let client = &lhs.client;
+    let total = spec.g * spec.m * spec.n;
+    let split_list: Vec<u32> = splits(spec).iter().map(|s| *s as u32).collect();
+    let splits_handle = client.create_from_slice(bytemuck::cast_slice(&split_list));
+    let cube_dim = CubeDim::new_1d(256);
+    let count = calculate_cube_count_elemwise(client, total, cube_dim);
+    let numel = |t: &CubeTensor| t.meta.shape().num_elements();
+    macro_rules! launch {
+        ($f:ty, $alpha:expr) => {{
+            let alpha = client.create_from_slice(bytemuck::cast_slice(&[$alpha]));
+            // SAFETY: every buffer is as long as the element count passed with it, and the maps
+            // keep every offset inside its buffer (`BlockMatmul::check`).
+            unsafe {
+                super::cube_twin::block_matmul_twin::launch_unchecked::<$f>(
+                    client,
+                    count,
+                    cube_dim,
+                    BufferArg::from_raw_parts(lhs.handle.clone(), numel(lhs)),
+                    BufferArg::from_raw_parts(rhs.handle.clone(), numel(rhs)),
+                    BufferArg::from_raw_parts(out.handle.clone(), total),
+                    BufferArg::from_raw_parts(info, 19),
+                    BufferArg::from_raw_parts(splits_handle, 6),
+                    BufferArg::from_raw_parts(alpha, 1),
+                    total as u32,
+                )
+            }
+        }};
+    }
+    if f16 {
+        launch!(half::f16, half::f16::from_f32(spec.alpha))
+    } else {
+        launch!(f32, spec.alpha)
+    }
+}
+
 /// Whether this tensor's runtime takes hand-written WGSL.
 pub(crate) fn compiles_wgsl(t: &CubeTensor) -> bool {
     t.client.name() == "wgpu<wgsl>"
@@ -206,12 +261,6 @@ impl BlockMatmulOps for CubeBackend {
                 "gralora block_matmul supports f32 and f16 tensors, got {other:?}; cast the adapter"
             ),
         };
-        assert!(
-            compiles_wgsl(&lhs),
-            "gralora block_matmul: runtime `{}` does not compile WGSL; build burn with its `wgpu` feature \
-             (not `vulkan`/`metal`) for the fused kernels",
-            lhs.client.name()
-        );
         // The offsets are 32-bit in the kernel.
         let limit = u32::MAX as usize;
         assert!(
@@ -232,7 +281,12 @@ impl BlockMatmulOps for CubeBackend {
         if spec.m == 0 || spec.n == 0 || spec.g == 0 {
             return out;
         }
-        let info = client.create_from_slice(bytemuck::cast_slice(&info(&spec)));
+        let info_host = info(&spec);
+        let info = client.create_from_slice(bytemuck::cast_slice(&info_host));
+        if !compiles_wgsl(&lhs) || twin_forced() {
+            launch_twin(&lhs, &rhs, &out, info, &spec, f16);
+            return out;
+        }
         let tile = Tile::for_shape(spec.m, spec.n);
         let kernel = BlockMatmulKernel {
             f16,

@@ -1,5 +1,6 @@
 //! How each backend runs [`block_matmul`](crate::ops::BlockMatmulOps::block_matmul).
 
 mod autodiff;
-mod cube;
+pub(crate) mod cube;
+mod cube_twin;
 mod flex;

@@ -1,0 +1,56 @@
+//! The `#[cube]` twin of `shaders/block_matmul.wgsl`, for CubeCL runtimes that do not compile
+//! hand-written WGSL (CUDA, ROCm, SPIR-V Vulkan, Metal). One unit per output element, the same
+//! two-level addressing and the same `info` layout; correct everywhere, untiled.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::prelude::*;
+
+#[cube]
+fn axis_offset(i: usize, split: usize, hi: usize, lo: usize) -> usize {
+    let mut offset = i * lo;
+    if split != 0 {
+        offset = (i / split) * hi + (i % split) * lo;
+    }
+    offset
+}
+
+/// `info` as in the WGSL kernel: `[M, N, K, alpha bits, lhs(batch, row_hi, row_lo, col_hi,
+/// col_lo), rhs(..), out(..)]`; `splits` is `[lhs_row, lhs_col, rhs_row, rhs_col, out_row, out_col]`.
+#[cube(launch_unchecked)]
+pub(crate) fn block_matmul_twin<F: Float>(
+    lhs: &[F],
+    rhs: &[F],
+    out: &mut [F],
+    info: &[u32],
+    splits: &[u32],
+    alpha: &[F],
+    total: u32,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos < total as usize {
+        let m_len = info[0] as usize;
+        let n_len = info[1] as usize;
+        let k_len = info[2] as usize;
+        let g = pos / (m_len * n_len);
+        let rem = pos % (m_len * n_len);
+        let i = rem / n_len;
+        let j = rem % n_len;
+
+        let lhs_base = g * info[4] as usize
+            + axis_offset(i, splits[0] as usize, info[5] as usize, info[6] as usize);
+        let rhs_base = g * info[9] as usize
+            + axis_offset(j, splits[3] as usize, info[12] as usize, info[13] as usize);
+        let mut acc = F::new(0.0);
+        for kk in 0..k_len {
+            let l =
+                lhs_base + axis_offset(kk, splits[1] as usize, info[7] as usize, info[8] as usize);
+            let r = rhs_base
+                + axis_offset(kk, splits[2] as usize, info[10] as usize, info[11] as usize);
+            acc += lhs[l] * rhs[r];
+        }
+        let o = g * info[14] as usize
+            + axis_offset(i, splits[4] as usize, info[15] as usize, info[16] as usize)
+            + axis_offset(j, splits[5] as usize, info[17] as usize, info[18] as usize);
+        out[o] = alpha[0] * acc;
+    }
+}
