@@ -5,7 +5,8 @@
 //! `gemm` call (GraLoRA's regrouped product is k such calls per block, not a copy).
 
 use burn::backend::Flex;
-use burn::tensor::{DType, Shape};
+use burn::backend::ops::FloatTensorOps;
+use burn::tensor::{DType, FloatDType, Shape};
 use burn_flex::FlexTensor;
 
 use crate::ops::{Axis, BlockMatmul, BlockMatmulOps};
@@ -13,11 +14,12 @@ use crate::ops::{Axis, BlockMatmul, BlockMatmulOps};
 impl BlockMatmulOps for Flex {
     fn block_matmul(lhs: FlexTensor, rhs: FlexTensor, spec: BlockMatmul) -> FlexTensor {
         let dtype = lhs.dtype();
-        assert!(
-            dtype == DType::F32 && rhs.dtype() == DType::F32,
-            "gralora block_matmul on Flex supports f32 tensors, got {dtype:?} and {:?}; cast the adapter to f32",
-            rhs.dtype()
-        );
+        if dtype != DType::F32 || rhs.dtype() != DType::F32 {
+            // Other float types (f16, bf16, f64) compute in f32 and come back in their own type.
+            let to_f32 = |t: FlexTensor| Flex::float_cast(t, FloatDType::F32);
+            let out = Self::block_matmul(to_f32(lhs), to_f32(rhs), spec);
+            return Flex::float_cast(out, FloatDType::from(dtype));
+        }
         let lhs = lhs.to_contiguous();
         let rhs = rhs.to_contiguous();
         let mut out = FlexTensor::zeros(Shape::from(spec.out_shape.clone()), DType::F32);
