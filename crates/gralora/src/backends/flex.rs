@@ -82,7 +82,7 @@ pub(crate) fn run_f32(spec: &BlockMatmul, lhs: &[f32], rhs: &[f32], out: &mut [f
                             false,
                             false,
                             false,
-                            gemm::Parallelism::None,
+                            gemm::Parallelism::Rayon(0),
                         );
                     }
                 }
