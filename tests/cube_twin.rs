@@ -4,38 +4,25 @@
 
 mod common;
 
-use burn::tensor::Device;
 use common::*;
 
 #[test]
 fn cube_twin_forward_and_gradients_equal_the_composite_reference() {
     // SAFETY: set before any device thread exists; this binary has a single test.
     unsafe { std::env::set_var("GRALORA_CUBE_TWIN", "1") };
-    let flex = Device::flex();
     let before = gralora::ops::cube_twin_launches();
     let gpu_devices: Vec<_> = devices()
         .into_iter()
         .filter(|(n, _)| *n != "flex")
         .collect();
     for (name, device) in &gpu_devices {
-        for &(t, d, r, k) in &[
+        for shape in [
             (1, 64, 16, 2),
             (77, 200, 40, 4),
             (130, 96, 256, 8),
             (512, 384, 32, 2),
         ] {
-            let want = branch_and_grads(t, d, r, k, &flex, true);
-            let got = branch_and_grads(t, d, r, k, device, false);
-            for (what, (g, w)) in ["y", "dL/dx", "dL/dA", "dL/dB"]
-                .iter()
-                .zip(got.iter().zip(&want))
-            {
-                let e = rel(g, w);
-                assert!(
-                    e < 1e-4,
-                    "{name} (cube twin) T={t} d={d} r={r} k={k}: {what} rel err {e:.2e}"
-                );
-            }
+            assert_branch_matches_composite(&format!("{name} (cube twin)"), device, shape);
         }
     }
     if !gpu_devices.is_empty() {

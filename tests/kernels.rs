@@ -95,21 +95,9 @@ fn kernel_forward_and_gradients_equal_the_composite_reference() {
         (256, 1536, 128, 4),
         (128, 4096, 32, 4),
     ];
-    let flex = Device::flex();
     for (name, device) in devices() {
-        for &(t, d, r, k) in &grid {
-            let want = branch_and_grads(t, d, r, k, &flex, true);
-            let got = branch_and_grads(t, d, r, k, &device, false);
-            for (what, (g, w)) in ["y", "dL/dx", "dL/dA", "dL/dB"]
-                .iter()
-                .zip(got.iter().zip(&want))
-            {
-                let e = rel(g, w);
-                assert!(
-                    e < 1e-4,
-                    "{name} T={t} d={d} r={r} k={k}: {what} rel err {e:.2e}"
-                );
-            }
+        for &shape in &grid {
+            assert_branch_matches_composite(name, &device, shape);
         }
     }
 }

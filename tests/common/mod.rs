@@ -179,3 +179,24 @@ pub fn branch_and_grads(
         host(bt.grad(&grads).unwrap()),
     ]
 }
+
+/// The block branch's output and its three gradients on `device` (through the op) equal Flex
+/// autodiff of the burn-ops composite within 1e-4 relative.
+pub fn assert_branch_matches_composite(
+    name: &str,
+    device: &Device,
+    (t, d, r, k): (usize, usize, usize, usize),
+) {
+    let want = branch_and_grads(t, d, r, k, &Device::flex(), true);
+    let got = branch_and_grads(t, d, r, k, device, false);
+    for (what, (g, w)) in ["y", "dL/dx", "dL/dA", "dL/dB"]
+        .iter()
+        .zip(got.iter().zip(&want))
+    {
+        let e = rel(g, w);
+        assert!(
+            e < 1e-4,
+            "{name} T={t} d={d} r={r} k={k}: {what} rel err {e:.2e}"
+        );
+    }
+}
