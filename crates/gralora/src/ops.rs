@@ -7,8 +7,8 @@
 //! gradient of a block matmul is again a block matmul (the operand maps transposed).
 //!
 //! The op is declared once here; each backend's way lives under `backends/`: WGSL on wgpu
-//! (`shaders/block_matmul.wgsl`), strided `gemm` calls on Flex, the same body lazily on Fusion,
-//! and a hand-written backward on Autodiff.
+//! (`shaders/block_matmul.wgsl`) and a `#[cube]` twin on CubeCL runtimes without WGSL, strided
+//! `gemm` calls on Flex, the same body lazily on Fusion, and a hand-written backward on Autodiff.
 
 use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
 use burn::tensor::{Shape, Tensor};
@@ -183,8 +183,8 @@ impl BlockMatmul {
         );
     }
 
-    /// The reference: straight loops over host slices (row-major, contiguous). Used by the Flex
-    /// backend's tests and as the definition the kernels are checked against.
+    /// The definition as straight f64-accumulating loops over host slices (row-major,
+    /// contiguous): what every backend's kernel is checked against.
     pub fn reference(&self, lhs: &[f32], rhs: &[f32]) -> Vec<f32> {
         let mut out = vec![0.0f32; self.g * self.m * self.n];
         for g in 0..self.g {

@@ -16,7 +16,8 @@ use crate::ops::{BlockMatmul, BlockMatmulOps};
 struct BlockMatmulBackward;
 
 impl<B: Backend + BlockMatmulOps> Backward<B, 2> for BlockMatmulBackward {
-    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, BlockMatmul);
+    /// (lhs, rhs, spec): ∂lhs needs rhs and ∂rhs needs lhs.
+    type State = (FloatTensor<B>, FloatTensor<B>, BlockMatmul);
 
     fn backward(
         self,
@@ -27,11 +28,11 @@ impl<B: Backend + BlockMatmulOps> Backward<B, 2> for BlockMatmulBackward {
         let (lhs, rhs, spec) = ops.state;
         let [node_lhs, node_rhs] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        if let (Some(node), Some(rhs)) = (node_lhs, rhs) {
+        if let Some(node) = node_lhs {
             let g = B::block_matmul(grad.clone(), rhs, spec.grad_lhs());
             grads.register::<B>(node.id, g);
         }
-        if let (Some(node), Some(lhs)) = (node_rhs, lhs) {
+        if let Some(node) = node_rhs {
             let g = B::block_matmul(lhs, grad, spec.grad_rhs());
             grads.register::<B>(node.id, g);
         }
@@ -53,11 +54,7 @@ impl<B: Backend + BlockMatmulOps, C: CheckpointStrategy> BlockMatmulOps for Auto
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => {
-                // Each gradient needs only the other operand.
-                let state = (Some(lhs), Some(rhs), spec);
-                prep.finish(state, out)
-            }
+            OpsKind::Tracked(prep) => prep.finish((lhs, rhs, spec), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }

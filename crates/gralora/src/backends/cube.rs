@@ -1,5 +1,5 @@
 //! CubeCL runtimes: the hand-written WGSL kernel (`shaders/block_matmul.wgsl`) where the runtime
-//! compiles WGSL (wgpu on Vulkan, Metal, DX12), the reference composite elsewhere.
+//! compiles WGSL (wgpu on Vulkan, Metal, DX12), its `#[cube]` twin (`cube_twin.rs`) elsewhere.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeBackend;

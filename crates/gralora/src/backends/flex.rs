@@ -45,13 +45,13 @@ fn runs(a: Axis, b: Axis, len: usize) -> Vec<(usize, usize)> {
     out
 }
 
-pub(crate) fn run_f32(spec: &BlockMatmul, lhs: &[f32], rhs: &[f32], out: &mut [f32]) {
-    let m_runs = runs(spec.lhs.row, spec.out.row, spec.m);
-    let n_runs = runs(spec.rhs.col, spec.out.col, spec.n);
-    let k_runs = runs(spec.lhs.col, spec.rhs.row, spec.k);
+fn run_f32(spec: &BlockMatmul, lhs: &[f32], rhs: &[f32], out: &mut [f32]) {
     if spec.k == 0 {
         return; // the output is already zero
     }
+    let m_runs = runs(spec.lhs.row, spec.out.row, spec.m);
+    let n_runs = runs(spec.rhs.col, spec.out.col, spec.n);
+    let k_runs = runs(spec.lhs.col, spec.rhs.row, spec.k);
     for g in 0..spec.g {
         for &(m0, m1) in &m_runs {
             for &(n0, n1) in &n_runs {
