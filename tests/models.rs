@@ -569,3 +569,29 @@ fn smollm2_gguf_matches_transformers() {
         }
     }
 }
+
+#[test]
+fn smollm2_written_as_a_hf_snapshot_loads_back_with_the_same_logits() {
+    let Some(_) = asset("smollm2") else { return };
+    let device = Device::flex();
+    let source = ModelSource::resolve("smollm2", &assets::home()).unwrap();
+    let loaded = LoadedModel::load(&source, &device).unwrap().model;
+    let out = std::env::temp_dir().join(format!("gralora-smollm2-hf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    loaded.write_snapshot(&source, &out).unwrap();
+    let hf = ModelSource::resolve(out.to_str().unwrap(), &out).unwrap();
+    let again = LoadedModel::load(&hf, &device).unwrap().model;
+    let (LoadedModel::Decoder { model: a, tokenizer: ta, .. }, LoadedModel::Decoder { model: b, tokenizer: tb, .. }) =
+        (&loaded, &again)
+    else {
+        panic!("decoders expected")
+    };
+    let text = "The capital of Italy is";
+    let ids = ta.encode(text, true).unwrap().ids;
+    assert_eq!(tb.encode(text, true).unwrap().ids, ids, "tokenizer.json written from GGUF metadata");
+    let t: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let la = host(a.forward(Tensor::from_data(TensorData::new(t.clone(), [1, t.len()]), &device), None));
+    let lb = host(b.forward(Tensor::from_data(TensorData::new(t.clone(), [1, t.len()]), &device), None));
+    assert!(max_abs_diff(&la, &lb) < 1e-4);
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -272,6 +272,28 @@ impl Bert {
         Ok((config, model))
     }
 
+    /// All weights under Hugging Face `BertModel` names, adapters merged into their layers.
+    pub fn export(&self) -> crate::weights::Export {
+        use crate::weights::{export_embedding, export_layer_norm, export_linear};
+        let mut out = Vec::new();
+        export_embedding(&mut out, "embeddings.word_embeddings", &self.word_embeddings);
+        export_embedding(&mut out, "embeddings.position_embeddings", &self.position_embeddings);
+        export_embedding(&mut out, "embeddings.token_type_embeddings", &self.token_type_embeddings);
+        export_layer_norm(&mut out, "embeddings.LayerNorm", &self.embed_norm);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("encoder.layer.{l}");
+            export_linear(&mut out, &format!("{p}.attention.self.query"), &layer.query);
+            export_linear(&mut out, &format!("{p}.attention.self.key"), &layer.key);
+            export_linear(&mut out, &format!("{p}.attention.self.value"), &layer.value);
+            export_linear(&mut out, &format!("{p}.attention.output.dense"), &layer.attn_out);
+            export_layer_norm(&mut out, &format!("{p}.attention.output.LayerNorm"), &layer.attn_norm);
+            export_linear(&mut out, &format!("{p}.intermediate.dense"), &layer.intermediate);
+            export_linear(&mut out, &format!("{p}.output.dense"), &layer.output);
+            export_layer_norm(&mut out, &format!("{p}.output.LayerNorm"), &layer.out_norm);
+        }
+        out
+    }
+
     /// Hidden size.
     pub fn hidden_size(&self) -> usize {
         self.word_embeddings.weight.shape().dims::<2>()[1]

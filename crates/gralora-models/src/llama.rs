@@ -62,6 +62,31 @@ fn ctx() -> usize {
 }
 
 impl LlamaConfig {
+    /// A Hugging Face `config.json` for this model (f32 weights).
+    pub fn to_hf_json(&self, bos: Option<u32>, eos: &[u32]) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.kv_heads(),
+            "head_dim": self.head_dim(),
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "bos_token_id": bos,
+            "eos_token_id": eos.first(),
+            "torch_dtype": "float32",
+        })
+    }
+
     /// Key/value heads.
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
@@ -268,6 +293,34 @@ impl Llama {
         let source = GgufLlama::new(file, config.num_attention_heads, config.kv_heads());
         let model = Self::load(&config, &source, device)?;
         Ok((config, model, source.file))
+    }
+
+    /// All weights under Hugging Face `LlamaForCausalLM` names, adapters merged into their layers
+    /// (`lm_head.weight` only when the head is not tied).
+    pub fn export(&self) -> crate::weights::Export {
+        use crate::weights::{export_embedding, export_linear, export_rms_norm};
+        let mut out = Vec::new();
+        export_embedding(&mut out, "model.embed_tokens", &self.embed_tokens);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            export_rms_norm(&mut out, &format!("{p}.input_layernorm"), &layer.input_norm);
+            export_linear(&mut out, &format!("{p}.self_attn.q_proj"), &layer.q_proj);
+            export_linear(&mut out, &format!("{p}.self_attn.k_proj"), &layer.k_proj);
+            export_linear(&mut out, &format!("{p}.self_attn.v_proj"), &layer.v_proj);
+            export_linear(&mut out, &format!("{p}.self_attn.o_proj"), &layer.o_proj);
+            export_rms_norm(&mut out, &format!("{p}.post_attention_layernorm"), &layer.post_norm);
+            export_linear(&mut out, &format!("{p}.mlp.gate_proj"), &layer.gate_proj);
+            export_linear(&mut out, &format!("{p}.mlp.up_proj"), &layer.up_proj);
+            export_linear(&mut out, &format!("{p}.mlp.down_proj"), &layer.down_proj);
+        }
+        export_rms_norm(&mut out, "model.norm", &self.norm);
+        if let Some(head) = &self.lm_head {
+            let w = head.weight.val().transpose();
+            let [v, d] = w.dims();
+            let data = w.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+            out.push(("lm_head.weight".to_string(), vec![v, d], data));
+        }
+        out
     }
 
     /// Rotary cos/sin tables `[len, head_dim]` for positions `start..start+len` (rotate-half layout).

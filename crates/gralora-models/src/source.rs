@@ -176,3 +176,99 @@ impl LoadedModel {
         })
     }
 }
+
+/// Files of a Hugging Face snapshot that travel unchanged into a merged snapshot.
+const CARRIED: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "generation_config.json",
+];
+
+impl LoadedModel {
+    /// Load a PEFT adapter directory into the model (see [`gralora::load_peft`]).
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<gralora::AdaptReport> {
+        Ok(match self {
+            Self::Encoder { model, .. } => gralora::load_peft(model, dir)?,
+            Self::Decoder { model, .. } => gralora::load_peft(model, dir)?,
+        })
+    }
+
+    /// Write the model (adapters merged into the weights) as a Hugging Face snapshot directory
+    /// `out`: `model.safetensors` with HF names, `config.json`, the tokenizer. The directory is
+    /// assembled beside `out` and renamed into place; `out` must not exist yet.
+    pub fn write_snapshot(&self, source: &ModelSource, out: &Path) -> Result<()> {
+        if out.exists() {
+            return Err(ModelError::Source(format!(
+                "{}: already exists; choose a new directory for the merged model",
+                out.display()
+            )));
+        }
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+        let name = out.file_name().map_or("merged".into(), |n| n.to_string_lossy().to_string());
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+        let result = self.write_snapshot_into(source, &tmp).and_then(|()| {
+            std::fs::rename(&tmp, out).map_err(|e| ModelError::io(out, e))
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    fn write_snapshot_into(&self, source: &ModelSource, dir: &Path) -> Result<()> {
+        let tensors = match self {
+            Self::Encoder { model, .. } => model.export(),
+            Self::Decoder { model, .. } => model.export(),
+        };
+        match source {
+            ModelSource::HfDir(src) => {
+                // Tensors the model does not use (a pooler, buffers) travel unchanged.
+                let src_weights = src.join("model.safetensors");
+                let map = crate::weights::mmap(&src_weights)?;
+                let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| {
+                    ModelError::format(&src_weights, format!("not a valid safetensors file: {e}"))
+                })?;
+                let ours: std::collections::HashSet<&str> =
+                    tensors.iter().map(|t| t.0.as_str()).collect();
+                let extra: Vec<_> = st
+                    .tensors()
+                    .into_iter()
+                    .filter(|(name, _)| {
+                        let bare = name.strip_prefix("bert.").unwrap_or(name);
+                        !ours.contains(name.as_str()) && !ours.contains(bare)
+                    })
+                    .collect();
+                crate::weights::write_safetensors_with(&dir.join("model.safetensors"), &tensors, extra)?;
+                for f in CARRIED {
+                    let from = src.join(f);
+                    if from.is_file() {
+                        std::fs::copy(&from, dir.join(f)).map_err(|e| ModelError::io(&from, e))?;
+                    }
+                }
+            }
+            ModelSource::Gguf(_) => {
+                crate::weights::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+                let Self::Decoder {
+                    config, tokenizer, ..
+                } = self
+                else {
+                    return Err(ModelError::Source("a GGUF file holds a decoder".into()));
+                };
+                let json = config.to_hf_json(tokenizer.bos, &tokenizer.eos);
+                let text = serde_json::to_string_pretty(&json).unwrap_or_default() + "\n";
+                crate::weights::write_atomic(&dir.join("config.json"), text.as_bytes())?;
+                tokenizer.save(&dir.join("tokenizer.json"))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -220,6 +220,12 @@ impl TextTokenizer {
         }
     }
 
+    /// Write the tokenizer as a Hugging Face `tokenizer.json`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = self.inner.to_string(true).map_err(|e| self.err(e))?;
+        crate::weights::write_atomic(path, text.as_bytes())
+    }
+
     /// The id of a token string, if it is in the vocabulary.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

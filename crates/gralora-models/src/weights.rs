@@ -235,3 +235,99 @@ impl<'a> Loader<'a> {
         Ok(norm)
     }
 }
+
+/// Tensors to write as a Hugging Face checkpoint: `(name, PyTorch shape, f32 data)`.
+pub type Export = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// `{name}.weight` `[out, in]` (+ `{name}.bias`) of a linear layer, with its adapter's ΔW merged in
+/// when one is attached (and not merged already).
+pub fn export_linear(out: &mut Export, name: &str, layer: &gralora::AdaptedLinear) {
+    let (d_in, d_out) = layer.dims();
+    let mut w = layer.base.weight.val();
+    if let (Some(delta), false) = (layer.delta_weight(), layer.merged) {
+        w = w + delta;
+    }
+    let w = to_vec(w);
+    let mut t = vec![0f32; w.len()];
+    for i in 0..d_in {
+        for o in 0..d_out {
+            t[o * d_in + i] = w[i * d_out + o];
+        }
+    }
+    out.push((format!("{name}.weight"), vec![d_out, d_in], t));
+    if let Some(b) = &layer.base.bias {
+        out.push((format!("{name}.bias"), vec![d_out], to_vec(b.val())));
+    }
+}
+
+/// `{name}.weight` of an embedding table.
+pub fn export_embedding(out: &mut Export, name: &str, e: &Embedding) {
+    let [n, d] = e.weight.shape().dims::<2>();
+    out.push((format!("{name}.weight"), vec![n, d], to_vec(e.weight.val())));
+}
+
+/// `{name}.weight` / `{name}.bias` of a layer norm.
+pub fn export_layer_norm(out: &mut Export, name: &str, n: &LayerNorm) {
+    let [d] = n.gamma.shape().dims::<1>();
+    out.push((format!("{name}.weight"), vec![d], to_vec(n.gamma.val())));
+    if let Some(b) = &n.beta {
+        out.push((format!("{name}.bias"), vec![d], to_vec(b.val())));
+    }
+}
+
+/// `{name}.weight` of an RMS norm.
+pub fn export_rms_norm(out: &mut Export, name: &str, n: &burn::nn::RmsNorm) {
+    let [d] = n.gamma.shape().dims::<1>();
+    out.push((format!("{name}.weight"), vec![d], to_vec(n.gamma.val())));
+}
+
+/// Write tensors as `model.safetensors` (F32), atomically (temp file + rename).
+pub fn write_safetensors(path: &Path, tensors: &Export) -> Result<()> {
+    write_safetensors_with(path, tensors, Vec::new())
+}
+
+/// As [`write_safetensors`], plus `extra` tensors copied as they are (any dtype).
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: &Export,
+    extra: Vec<(String, safetensors::tensor::TensorView<'_>)>,
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ModelError::format(path, format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .chain(extra)
+        .collect::<Vec<_>>();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let data = safetensors::serialize(views, Some(meta))
+        .map_err(|e| ModelError::format(path, e.to_string()))?;
+    write_atomic(path, &data)
+}
+
+/// Write a file atomically: a temporary file beside it, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ModelError::io(path, e)
+    })
+}

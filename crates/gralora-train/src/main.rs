@@ -1,6 +1,7 @@
 //! `gralora`: fetch assets, run and fine-tune models with GraLoRA, GoRA and LoRA adapters.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -27,6 +28,21 @@ enum Command {
     Fetch(FetchArgs),
     /// Run a model: a sentence embedding (encoders) or a completion (decoders).
     Infer(InferArgs),
+    /// Merge a PEFT adapter into a model and write a Hugging Face snapshot directory.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Model: an alias (minilm, smollm2), a Hugging Face snapshot directory, or a .gguf file.
+    #[arg(long)]
+    model: String,
+    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// New directory for the merged snapshot (model.safetensors, config.json, tokenizer).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -44,6 +60,9 @@ struct InferArgs {
     /// Model: an alias (minilm, smollm2), a Hugging Face snapshot directory, or a .gguf file.
     #[arg(long)]
     model: String,
+    /// PEFT adapter directory to apply (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Text to embed (encoders).
     #[arg(long, conflicts_with = "prompt")]
     text: Option<String>,
@@ -75,6 +94,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Fetch(args) => fetch(args),
         Command::Infer(args) => infer(args),
+        Command::Merge(args) => merge(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,6 +159,20 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+fn merge(args: MergeArgs) -> Result<(), Error> {
+    let device = burn::tensor::Device::flex();
+    let source = ModelSource::resolve(&args.model, &assets::home())?;
+    let mut loaded = LoadedModel::load(&source, &device)?;
+    let report = loaded.model.load_adapter(&args.adapter)?;
+    loaded.model.write_snapshot(&source, &args.out)?;
+    eprintln!(
+        "merged {} adapted layers into {}",
+        report.layers.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
 fn device_name(device: &Device) -> String {
     format!("{device:?}")
 }
@@ -146,7 +180,11 @@ fn device_name(device: &Device) -> String {
 fn infer(args: InferArgs) -> Result<(), Error> {
     let device = gralora::device::select(&args.device)?;
     let source = ModelSource::resolve(&args.model, &assets::home())?;
-    let loaded = LoadedModel::load(&source, &device)?;
+    let mut loaded = LoadedModel::load(&source, &device)?;
+    if let Some(dir) = &args.adapter {
+        let report = loaded.model.load_adapter(dir)?;
+        eprintln!("adapter {}: {} layers, {} parameters", dir.display(), report.layers.len(), report.trainable_params());
+    }
     let load_s = loaded.load_time.as_secs_f64();
     match loaded.model {
         LoadedModel::Encoder {

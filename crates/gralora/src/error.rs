@@ -47,6 +47,9 @@ pub enum AdapterError {
     /// An operation called in a state where it cannot run (merge without an adapter, merge twice ...).
     #[error("{0}")]
     State(String),
+    /// A PEFT adapter directory that cannot be read, does not fit the model, or cannot be written.
+    #[error("{0}")]
+    Peft(String),
     /// A configuration file could not be parsed.
     #[error("adapter configuration is not valid JSON for gralora: {0}")]
     Parse(String),

@@ -26,6 +26,7 @@ mod gralora;
 mod init;
 mod lora;
 pub mod ops;
+pub mod peft;
 mod targets;
 
 pub use adapt::{AdaptReport, AdaptedLayer, DenseAdapter, adapt, attach_adapters, linear_layers};
@@ -35,4 +36,5 @@ pub use config::{AdapterConfig, GraLoraConfig, Init, LoraConfig, recommended_k};
 pub use error::AdapterError;
 pub use gralora::GraLoraAdapter;
 pub use lora::LoraAdapter;
+pub use peft::{is_peft_dir, load_peft, save_peft};
 pub use targets::{AdaptOptions, LinearInfo, Targets, layer_index};
