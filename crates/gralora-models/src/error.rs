@@ -22,7 +22,9 @@ pub enum ModelError {
         msg: String,
     },
     /// A tensor the model needs is not in the file.
-    #[error("{path}: tensor `{tensor}` is missing (the file holds {count} tensors; is this the right model?)")]
+    #[error(
+        "{path}: tensor `{tensor}` is missing (the file holds {count} tensors; is this the right model?)"
+    )]
     MissingTensor {
         /// The file.
         path: PathBuf,

@@ -109,13 +109,14 @@ impl GgmlType {
 
 fn type_name(id: u32) -> String {
     let names = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K",
-        "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S",
-        "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
+        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
     ];
-    names
-        .get(id as usize)
-        .map_or_else(|| format!("type id {id}"), |n| format!("{n} (type id {id})"))
+    names.get(id as usize).map_or_else(
+        || format!("type id {id}"),
+        |n| format!("{n} (type id {id})"),
+    )
 }
 
 /// One entry of the tensor directory.
@@ -192,7 +193,10 @@ impl<'a> Cursor<'a> {
         if n > self.bytes.len() as u64 {
             return Err(ModelError::format(
                 self.path,
-                format!("GGUF {what} length {n} at offset {} exceeds the file size", self.pos - 8),
+                format!(
+                    "GGUF {what} length {n} at offset {} exceeds the file size",
+                    self.pos - 8
+                ),
             ));
         }
         Ok(n as usize)
@@ -202,7 +206,10 @@ impl<'a> Cursor<'a> {
         let at = self.pos;
         let bytes = self.take(n)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| {
-            ModelError::format(self.path, format!("GGUF string at offset {at} is not UTF-8"))
+            ModelError::format(
+                self.path,
+                format!("GGUF string at offset {at} is not UTF-8"),
+            )
         })
     }
     fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
@@ -231,7 +238,10 @@ impl<'a> Cursor<'a> {
             other => {
                 return Err(ModelError::format(
                     self.path,
-                    format!("unknown GGUF metadata type {other} at offset {}", self.pos - 4),
+                    format!(
+                        "unknown GGUF metadata type {other} at offset {}",
+                        self.pos - 4
+                    ),
                 ));
             }
         })
@@ -249,7 +259,10 @@ impl GgufFile {
             path: &path,
         };
         if c.take(4).ok() != Some(b"GGUF".as_slice()) {
-            return Err(ModelError::format(&path, "not a GGUF file (no `GGUF` magic)"));
+            return Err(ModelError::format(
+                &path,
+                "not a GGUF file (no `GGUF` magic)",
+            ));
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
@@ -309,7 +322,9 @@ impl GgufFile {
                 if row % per != 0 {
                     return Err(ModelError::format(
                         &path,
-                        format!("tensor `{name}`: row length {row} is not a multiple of the {per}-element block"),
+                        format!(
+                            "tensor `{name}`: row length {row} is not a multiple of the {per}-element block"
+                        ),
                     ));
                 }
                 let size = info.numel() / per * bytes;
@@ -350,7 +365,10 @@ impl GgufFile {
     /// An unsigned integer metadata value.
     pub fn meta_u64(&self, key: &str) -> Result<u64> {
         self.meta(key)?.as_u64().ok_or_else(|| {
-            ModelError::config(&self.path, format!("GGUF metadata `{key}` is not an integer"))
+            ModelError::config(
+                &self.path,
+                format!("GGUF metadata `{key}` is not an integer"),
+            )
         })
     }
 
@@ -370,11 +388,14 @@ impl GgufFile {
 
     /// Decode a tensor (by GGUF name) to f32, PyTorch shape order.
     pub fn dequantize(&self, name: &str) -> Result<HostTensor> {
-        let info = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.to_string(),
-            count: self.tensors.len(),
-        })?;
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                count: self.tensors.len(),
+            })?;
         let ty = GgmlType::from_id(info.type_id).ok_or_else(|| ModelError::UnsupportedType {
             path: self.path.clone(),
             tensor: name.to_string(),
@@ -443,10 +464,18 @@ pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Vec<f32> {
             }
         }
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
-            let (size, qh_at) = if ty == GgmlType::Q5_0 { (22, 2) } else { (24, 4) };
+            let (size, qh_at) = if ty == GgmlType::Q5_0 {
+                (22, 2)
+            } else {
+                (24, 4)
+            };
             for (o, b) in out.chunks_exact_mut(32).zip(raw.chunks_exact(size)) {
                 let d = f16_at(b, 0);
-                let m = if ty == GgmlType::Q5_1 { f16_at(b, 2) } else { 0.0 };
+                let m = if ty == GgmlType::Q5_1 {
+                    f16_at(b, 2)
+                } else {
+                    0.0
+                };
                 let qh = u32::from_le_bytes(b[qh_at..qh_at + 4].try_into().unwrap());
                 let qs = &b[qh_at + 4..];
                 for j in 0..16 {
@@ -478,7 +507,8 @@ pub fn unpermute_rows(t: &mut HostTensor, n_head: usize) {
             for j in 0..2 {
                 let from = h * hd + i * 2 + j;
                 let to = h * hd + j * half + i;
-                t.data[to * cols..(to + 1) * cols].copy_from_slice(&src[from * cols..(from + 1) * cols]);
+                t.data[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&src[from * cols..(from + 1) * cols]);
             }
         }
     }
@@ -555,11 +585,14 @@ impl TensorSource for GgufLlama {
             .map(TensorInfo::shape)
     }
     fn read(&self, name: &str) -> Result<HostTensor> {
-        let gguf = self.names.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.file.path.clone(),
-            tensor: name.to_string(),
-            count: self.names.len(),
-        })?;
+        let gguf = self
+            .names
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.file.path.clone(),
+                tensor: name.to_string(),
+                count: self.names.len(),
+            })?;
         let mut t = self.file.dequantize(gguf)?;
         if gguf.ends_with("attn_q.weight") {
             unpermute_rows(&mut t, self.n_head);
@@ -644,8 +677,14 @@ mod tests {
             hf_name("blk.12.attn_q.weight").as_deref(),
             Some("model.layers.12.self_attn.q_proj.weight")
         );
-        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
-        assert_eq!(hf_name("blk.0.ffn_down.weight").as_deref(), Some("model.layers.0.mlp.down_proj.weight"));
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_down.weight").as_deref(),
+            Some("model.layers.0.mlp.down_proj.weight")
+        );
         assert_eq!(hf_name("rope_freqs.weight"), None);
     }
 }

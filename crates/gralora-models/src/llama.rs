@@ -147,13 +147,18 @@ impl LlamaConfig {
         if h == 0 || kv == 0 || h % kv != 0 {
             return Err(ModelError::config(
                 path,
-                format!("num_attention_heads {h} must be a positive multiple of num_key_value_heads {kv}"),
+                format!(
+                    "num_attention_heads {h} must be a positive multiple of num_key_value_heads {kv}"
+                ),
             ));
         }
         if self.head_dim() % 2 != 0 || self.head_dim() == 0 {
             return Err(ModelError::config(
                 path,
-                format!("head_dim {} must be even for rotary embeddings", self.head_dim()),
+                format!(
+                    "head_dim {} must be even for rotary embeddings",
+                    self.head_dim()
+                ),
             ));
         }
         Ok(())
@@ -229,7 +234,9 @@ pub struct Llama {
 }
 
 fn rms(loader: &Loader, name: &str, d: usize, eps: f64) -> Result<RmsNorm> {
-    let mut norm = RmsNormConfig::new(d).with_epsilon(eps).init(loader.device());
+    let mut norm = RmsNormConfig::new(d)
+        .with_epsilon(eps)
+        .init(loader.device());
     norm.gamma = Param::from_tensor(loader.tensor(&format!("{name}.weight"), [d])?);
     Ok(norm)
 }
@@ -308,7 +315,11 @@ impl Llama {
             export_linear(&mut out, &format!("{p}.self_attn.k_proj"), &layer.k_proj);
             export_linear(&mut out, &format!("{p}.self_attn.v_proj"), &layer.v_proj);
             export_linear(&mut out, &format!("{p}.self_attn.o_proj"), &layer.o_proj);
-            export_rms_norm(&mut out, &format!("{p}.post_attention_layernorm"), &layer.post_norm);
+            export_rms_norm(
+                &mut out,
+                &format!("{p}.post_attention_layernorm"),
+                &layer.post_norm,
+            );
             export_linear(&mut out, &format!("{p}.mlp.gate_proj"), &layer.gate_proj);
             export_linear(&mut out, &format!("{p}.mlp.up_proj"), &layer.up_proj);
             export_linear(&mut out, &format!("{p}.mlp.down_proj"), &layer.down_proj);
@@ -317,7 +328,11 @@ impl Llama {
         if let Some(head) = &self.lm_head {
             let w = head.weight.val().transpose();
             let [v, d] = w.dims();
-            let data = w.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+            let data = w
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default();
             out.push(("lm_head.weight".to_string(), vec![v, d], data));
         }
         out
@@ -378,7 +393,8 @@ impl Llama {
             }
         }
         let mut bias: Tensor<4> =
-            Tensor::<2>::from_data(TensorData::new(causal, [t, total]), &device).reshape([1, 1, t, total]);
+            Tensor::<2>::from_data(TensorData::new(causal, [t, total]), &device)
+                .reshape([1, 1, t, total]);
         if let Some(mask) = mask {
             bias = bias + (mask - 1.0).mul_scalar(1e9).reshape([b, 1, 1, total]);
         }
@@ -390,9 +406,21 @@ impl Llama {
         }
         for (l, layer) in self.layers.iter().enumerate() {
             let y = layer.input_norm.forward(x.clone());
-            let q = layer.q_proj.forward(y.clone()).reshape([b, t, h, hd]).swap_dims(1, 2);
-            let k = layer.k_proj.forward(y.clone()).reshape([b, t, kv, hd]).swap_dims(1, 2);
-            let v = layer.v_proj.forward(y).reshape([b, t, kv, hd]).swap_dims(1, 2);
+            let q = layer
+                .q_proj
+                .forward(y.clone())
+                .reshape([b, t, h, hd])
+                .swap_dims(1, 2);
+            let k = layer
+                .k_proj
+                .forward(y.clone())
+                .reshape([b, t, kv, hd])
+                .swap_dims(1, 2);
+            let v = layer
+                .v_proj
+                .forward(y)
+                .reshape([b, t, kv, hd])
+                .swap_dims(1, 2);
             let q = Self::apply_rope(q, &cos, &sin);
             let mut k = Self::apply_rope(k, &cos, &sin);
             let mut v = v;
@@ -413,7 +441,10 @@ impl Llama {
             };
             let (k, v) = (expand(k), expand(v));
             let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + bias.clone();
-            let ctx = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, h * hd]);
+            let ctx = softmax(scores, 3)
+                .matmul(v)
+                .swap_dims(1, 2)
+                .reshape([b, t, h * hd]);
             x = x + layer.o_proj.forward(ctx);
             let y = layer.post_norm.forward(x.clone());
             let mlp = silu(layer.gate_proj.forward(y.clone())) * layer.up_proj.forward(y);
@@ -457,8 +488,7 @@ impl Llama {
         let input = ids_tensor(&ids[..t - 1], device);
         let logp = log_softmax(self.forward(input, None), 2); // [1, t-1, V]
         let targets: Vec<i64> = ids[1..].iter().map(|&i| i as i64).collect();
-        let targets =
-            Tensor::<3, Int>::from_data(TensorData::new(targets, [1, t - 1, 1]), device);
+        let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [1, t - 1, 1]), device);
         let picked = logp.gather(2, targets);
         to_host(picked)
     }
@@ -493,7 +523,8 @@ impl Llama {
         let mut out = Vec::new();
         let mut first = None;
         for _ in 0..max_new {
-            let hidden = self.forward_hidden(ids_tensor(&next_input, device), None, Some(&mut cache));
+            let hidden =
+                self.forward_hidden(ids_tensor(&next_input, device), None, Some(&mut cache));
             let [_, t, d] = hidden.dims();
             let last = hidden.slice([0..1, t - 1..t, 0..d]).reshape([1, d]);
             let probs = to_host(softmax(self.logits(last), 1))?;

@@ -57,7 +57,10 @@ impl ModelSource {
 
     fn from_path(path: &Path) -> Result<Self> {
         if path.is_file() {
-            if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            {
                 return Ok(Self::Gguf(path.to_path_buf()));
             }
             return Err(ModelError::Source(format!(
@@ -211,13 +214,15 @@ impl LoadedModel {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-        let name = out.file_name().map_or("merged".into(), |n| n.to_string_lossy().to_string());
+        let name = out
+            .file_name()
+            .map_or("merged".into(), |n| n.to_string_lossy().to_string());
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-        let result = self.write_snapshot_into(source, &tmp).and_then(|()| {
-            std::fs::rename(&tmp, out).map_err(|e| ModelError::io(out, e))
-        });
+        let result = self
+            .write_snapshot_into(source, &tmp)
+            .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| ModelError::io(out, e)));
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
@@ -247,7 +252,11 @@ impl LoadedModel {
                         !ours.contains(name.as_str()) && !ours.contains(bare)
                     })
                     .collect();
-                crate::weights::write_safetensors_with(&dir.join("model.safetensors"), &tensors, extra)?;
+                crate::weights::write_safetensors_with(
+                    &dir.join("model.safetensors"),
+                    &tensors,
+                    extra,
+                )?;
                 for f in CARRIED {
                     let from = src.join(f);
                     if from.is_file() {

@@ -151,7 +151,12 @@ impl TextTokenizer {
             .map(|(s, _)| AddedToken::from(s.clone(), true))
             .collect();
         inner.add_special_tokens(&specials);
-        let id = |key: &str| file.metadata.get(key).and_then(Value::as_u64).map(|v| v as u32);
+        let id = |key: &str| {
+            file.metadata
+                .get(key)
+                .and_then(Value::as_u64)
+                .map(|v| v as u32)
+        };
         let add_bos = matches!(
             file.metadata.get("tokenizer.ggml.add_bos_token"),
             Some(Value::Bool(true))
@@ -178,10 +183,7 @@ impl TextTokenizer {
     /// Token ids of `text`; `special` adds the model's special tokens
     /// (`[CLS] … [SEP]` for BERT, BOS for decoders that want it).
     pub fn encode(&self, text: &str, special: bool) -> Result<Encoded> {
-        let enc = self
-            .inner
-            .encode(text, special)
-            .map_err(|e| self.err(e))?;
+        let enc = self.inner.encode(text, special).map_err(|e| self.err(e))?;
         let mut ids = enc.get_ids().to_vec();
         let mut type_ids = enc.get_type_ids().to_vec();
         if special && self.add_bos {
@@ -197,10 +199,7 @@ impl TextTokenizer {
 
     /// Token ids of a text pair (`[CLS] a [SEP] b [SEP]` for BERT).
     pub fn encode_pair(&self, a: &str, b: &str) -> Result<Encoded> {
-        let enc = self
-            .inner
-            .encode((a, b), true)
-            .map_err(|e| self.err(e))?;
+        let enc = self.inner.encode((a, b), true).map_err(|e| self.err(e))?;
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),

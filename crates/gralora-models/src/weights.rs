@@ -58,7 +58,10 @@ impl SafetensorsFile {
         let path = path.as_ref().to_path_buf();
         let map = mmap(&path)?;
         SafeTensors::deserialize(&map).map_err(|e| {
-            ModelError::format(&path, format!("not a valid safetensors file ({e}); is it truncated?"))
+            ModelError::format(
+                &path,
+                format!("not a valid safetensors file ({e}); is it truncated?"),
+            )
         })?;
         let (header_len, meta) = SafeTensors::read_metadata(&map)
             .map_err(|e| ModelError::format(&path, format!("bad safetensors header: {e}")))?;
@@ -89,11 +92,14 @@ impl TensorSource for SafetensorsFile {
         self.infos.get(name).map(|i| i.shape.clone())
     }
     fn read(&self, name: &str) -> Result<HostTensor> {
-        let info = self.infos.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.to_string(),
-            count: self.infos.len(),
-        })?;
+        let info = self
+            .infos
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                count: self.infos.len(),
+            })?;
         let start = 8 + self.header_len + info.data_offsets.0;
         let end = 8 + self.header_len + info.data_offsets.1;
         let bytes = &self.map[start..end];
@@ -157,7 +163,9 @@ impl<'a> Loader<'a> {
 
     /// Whether the source holds `name`.
     pub fn has(&self, name: &str) -> bool {
-        self.source.shape(&format!("{}{name}", self.prefix)).is_some()
+        self.source
+            .shape(&format!("{}{name}", self.prefix))
+            .is_some()
     }
 
     /// A tensor with exactly `shape`, on the host.
@@ -203,7 +211,9 @@ impl<'a> Loader<'a> {
         }
         let weight: Tensor<2> = Tensor::from_data(TensorData::new(t, [d_in, d_out]), &self.device);
         let bias = if bias {
-            Some(Param::from_tensor(self.tensor(&format!("{name}.bias"), [d_out])?))
+            Some(Param::from_tensor(
+                self.tensor(&format!("{name}.bias"), [d_out])?,
+            ))
         } else {
             None
         };
@@ -231,7 +241,9 @@ impl<'a> Loader<'a> {
         };
         let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
         norm.gamma = Param::from_tensor(self.tensor(&format!("{name}.{w}"), [d])?);
-        norm.beta = Some(Param::from_tensor(self.tensor(&format!("{name}.{b}"), [d])?));
+        norm.beta = Some(Param::from_tensor(
+            self.tensor(&format!("{name}.{b}"), [d])?,
+        ));
         Ok(norm)
     }
 }

@@ -16,7 +16,11 @@ use serde_json::json;
 type Error = Box<dyn std::error::Error>;
 
 #[derive(Parser)]
-#[command(name = "gralora", version, about = "Parameter-efficient fine-tuning with GraLoRA, GoRA and LoRA, on any GPU through wgpu or on the CPU")]
+#[command(
+    name = "gralora",
+    version,
+    about = "Parameter-efficient fine-tuning with GraLoRA, GoRA and LoRA, on any GPU through wgpu or on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -143,7 +147,9 @@ fn fetch(args: FetchArgs) -> Result<(), Error> {
         bar.finish_and_clear();
         if !args.quiet {
             match fetched {
-                Fetched::Present(d) => eprintln!("{}: already present in {}", asset.name, d.display()),
+                Fetched::Present(d) => {
+                    eprintln!("{}: already present in {}", asset.name, d.display())
+                }
                 Fetched::Downloaded(d) => eprintln!("{}: fetched into {}", asset.name, d.display()),
             }
         }
@@ -183,7 +189,12 @@ fn infer(args: InferArgs) -> Result<(), Error> {
     let mut loaded = LoadedModel::load(&source, &device)?;
     if let Some(dir) = &args.adapter {
         let report = loaded.model.load_adapter(dir)?;
-        eprintln!("adapter {}: {} layers, {} parameters", dir.display(), report.layers.len(), report.trainable_params());
+        eprintln!(
+            "adapter {}: {} layers, {} parameters",
+            dir.display(),
+            report.layers.len(),
+            report.trainable_params()
+        );
     }
     let load_s = loaded.load_time.as_secs_f64();
     match loaded.model {
@@ -213,8 +224,16 @@ fn infer(args: InferArgs) -> Result<(), Error> {
             if args.json {
                 println!("{}", json!({ "embedding": embedding }));
             } else {
-                let head: Vec<String> = embedding.iter().take(8).map(|v| format!("{v:.4}")).collect();
-                println!("embedding ({} values, L2-normalised): [{}, ...]", embedding.len(), head.join(", "));
+                let head: Vec<String> = embedding
+                    .iter()
+                    .take(8)
+                    .map(|v| format!("{v:.4}"))
+                    .collect();
+                println!(
+                    "embedding ({} values, L2-normalised): [{}, ...]",
+                    embedding.len(),
+                    head.join(", ")
+                );
             }
             eprintln!(
                 "device {}, load {load_s:.2} s, embed {run_s:.3} s, peak memory {:.0} MiB",
@@ -225,9 +244,9 @@ fn infer(args: InferArgs) -> Result<(), Error> {
         LoadedModel::Decoder {
             model, tokenizer, ..
         } => {
-            let prompt = args.prompt.ok_or(
-                "this model is a decoder: give --prompt \"...\" (--text is for encoders)",
-            )?;
+            let prompt = args
+                .prompt
+                .ok_or("this model is a decoder: give --prompt \"...\" (--text is for encoders)")?;
             let ids = tokenizer.encode(&prompt, true)?.ids;
             let mut sampler = if args.temperature > 0.0 {
                 Sampler::sampling(args.temperature, args.top_p, args.seed)
@@ -260,7 +279,8 @@ fn infer(args: InferArgs) -> Result<(), Error> {
             )?;
             let gen_s = start.elapsed().as_secs_f64();
             let completion = tokenizer.decode(&generation.tokens)?;
-            let mut top: Vec<(usize, f32)> = generation.first_probs.iter().copied().enumerate().collect();
+            let mut top: Vec<(usize, f32)> =
+                generation.first_probs.iter().copied().enumerate().collect();
             top.sort_by(|a, b| b.1.total_cmp(&a.1));
             let top5: Vec<_> = top
                 .iter()
@@ -268,7 +288,10 @@ fn infer(args: InferArgs) -> Result<(), Error> {
                 .map(|&(id, p)| json!({ "token": tokenizer.token_text(id as u32), "prob": p }))
                 .collect();
             if args.json {
-                println!("{}", json!({ "completion": completion, "next_token_top5": top5 }));
+                println!(
+                    "{}",
+                    json!({ "completion": completion, "next_token_top5": top5 })
+                );
             } else {
                 if stream {
                     println!();
@@ -276,7 +299,11 @@ fn infer(args: InferArgs) -> Result<(), Error> {
                     println!("{prompt}{completion}");
                 }
                 for t in &top5 {
-                    println!("  next {:>8.4}  {:?}", t["prob"].as_f64().unwrap_or(0.0), t["token"].as_str().unwrap_or(""));
+                    println!(
+                        "  next {:>8.4}  {:?}",
+                        t["prob"].as_f64().unwrap_or(0.0),
+                        t["token"].as_str().unwrap_or("")
+                    );
                 }
             }
             let n = generation.tokens.len();

@@ -42,8 +42,12 @@ struct HostArray {
 
 fn read_tensors(path: &Path) -> Result<BTreeMap<String, HostArray>, AdapterError> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| err(path, format!("not a valid safetensors file ({e}); is it truncated?")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        err(
+            path,
+            format!("not a valid safetensors file ({e}); is it truncated?"),
+        )
+    })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let data: Vec<f32> = match view.dtype() {
@@ -63,7 +67,10 @@ fn read_tensors(path: &Path) -> Result<BTreeMap<String, HostArray>, AdapterError
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
             other => {
-                return Err(err(path, format!("`{name}` has dtype {other:?}; F32, F16 or BF16 expected")));
+                return Err(err(
+                    path,
+                    format!("`{name}` has dtype {other:?}; F32, F16 or BF16 expected"),
+                ));
             }
         };
         out.insert(
@@ -107,7 +114,10 @@ const SUFFIXES: &[(&str, Kind)] = &[
 ];
 
 fn pattern_value<'a, T>(patterns: &'a [(Regex, T)], path: &str) -> Option<&'a T> {
-    patterns.iter().find(|(re, _)| re.is_match(path)).map(|(_, v)| v)
+    patterns
+        .iter()
+        .find(|(re, _)| re.is_match(path))
+        .map(|(_, v)| v)
 }
 
 fn compile_patterns<T: Clone>(
@@ -122,7 +132,8 @@ fn compile_patterns<T: Clone>(
         .map(|(k, v)| {
             let re = Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
                 .map_err(|e| err(file, format!("pattern key `{k}` is not a regex: {e}")))?;
-            let v = parse(v).ok_or_else(|| err(file, format!("pattern `{k}` has a bad value {v}")))?;
+            let v =
+                parse(v).ok_or_else(|| err(file, format!("pattern `{k}` has a bad value {v}")))?;
             Ok((re, v))
         })
         .collect()
@@ -140,11 +151,15 @@ struct Layer {
 /// mismatch is an error naming the key and both shapes, and then nothing is attached.
 /// Supported: `peft_type` `LORA` (incl. `use_rslora`, `rank_pattern`, `alpha_pattern`) and
 /// `GRALORA` (incl. `hybrid_r`).
-pub fn load_peft<M: AdapterHost>(model: &mut M, dir: impl AsRef<Path>) -> Result<AdaptReport, AdapterError> {
+pub fn load_peft<M: AdapterHost>(
+    model: &mut M,
+    dir: impl AsRef<Path>,
+) -> Result<AdaptReport, AdapterError> {
     let dir = dir.as_ref();
     let cfg_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(&cfg_path, e))?;
-    let cfg: Value = serde_json::from_str(&text).map_err(|e| err(&cfg_path, format!("not JSON: {e}")))?;
+    let cfg: Value =
+        serde_json::from_str(&text).map_err(|e| err(&cfg_path, format!("not JSON: {e}")))?;
     let get_f = |k: &str| cfg.get(k).and_then(Value::as_f64);
     let get_u = |k: &str| cfg.get(k).and_then(Value::as_u64).map(|v| v as usize);
     let peft_type = cfg.get("peft_type").and_then(Value::as_str).unwrap_or("");
@@ -159,24 +174,45 @@ pub fn load_peft<M: AdapterHost>(model: &mut M, dir: impl AsRef<Path>) -> Result
         }
     };
     if cfg.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
-        return Err(err(&cfg_path, "fan_in_fan_out = true (Conv1D weights) is not supported"));
+        return Err(err(
+            &cfg_path,
+            "fan_in_fan_out = true (Conv1D weights) is not supported",
+        ));
     }
     if cfg.get("use_dora").and_then(Value::as_bool) == Some(true) {
         return Err(err(&cfg_path, "use_dora = true is not supported"));
     }
-    if let Some(b) = cfg.get("bias").and_then(Value::as_str).filter(|b| *b != "none") {
-        return Err(err(&cfg_path, format!("bias = \"{b}\" is not supported (only \"none\")")));
+    if let Some(b) = cfg
+        .get("bias")
+        .and_then(Value::as_str)
+        .filter(|b| *b != "none")
+    {
+        return Err(err(
+            &cfg_path,
+            format!("bias = \"{b}\" is not supported (only \"none\")"),
+        ));
     }
     match cfg.get("modules_to_save") {
         None | Some(Value::Null) => {}
         Some(Value::Array(a)) if a.is_empty() => {}
         Some(v) => {
-            return Err(err(&cfg_path, format!("modules_to_save = {v} is not supported yet")));
+            return Err(err(
+                &cfg_path,
+                format!("modules_to_save = {v} is not supported yet"),
+            ));
         }
     }
     get_u("r").ok_or_else(|| err(&cfg_path, "field `r` is missing"))?;
-    let dropout = get_f(if is_lora { "lora_dropout" } else { "gralora_dropout" }).unwrap_or(0.0);
-    let rslora = cfg.get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
+    let dropout = get_f(if is_lora {
+        "lora_dropout"
+    } else {
+        "gralora_dropout"
+    })
+    .unwrap_or(0.0);
+    let rslora = cfg
+        .get("use_rslora")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let alpha_default = if is_lora {
         get_f("lora_alpha").unwrap_or(8.0)
     } else {
@@ -212,19 +248,30 @@ pub fn load_peft<M: AdapterHost>(model: &mut M, dir: impl AsRef<Path>) -> Result
     let mut groups: BTreeMap<String, HashMap<&'static str, (String, HostArray)>> = BTreeMap::new();
     for (key, t) in tensors {
         let Some(rest) = key.strip_prefix(PREFIX) else {
-            return Err(err(&w_path, format!("key `{key}` does not start with `{PREFIX}`")));
+            return Err(err(
+                &w_path,
+                format!("key `{key}` does not start with `{PREFIX}`"),
+            ));
         };
         let Some((suffix, kind)) = SUFFIXES.iter().find(|(s, _)| rest.ends_with(s)) else {
-            return Err(err(&w_path, format!("key `{key}` is not a LoRA/GraLoRA weight this loader knows")));
+            return Err(err(
+                &w_path,
+                format!("key `{key}` is not a LoRA/GraLoRA weight this loader knows"),
+            ));
         };
         if is_lora != matches!(kind, Kind::LoraA | Kind::LoraB) {
-            return Err(err(&w_path, format!("key `{key}` does not belong to a {peft_type} adapter")));
+            return Err(err(
+                &w_path,
+                format!("key `{key}` does not belong to a {peft_type} adapter"),
+            ));
         }
         let path = rest[..rest.len() - suffix.len()].to_string();
         if !layers.contains_key(&path) {
             return Err(err(
                 &w_path,
-                format!("key `{key}`: `{path}` is not a linear layer of this model (its paths look like `{example}`)"),
+                format!(
+                    "key `{key}`: `{path}` is not a linear layer of this model (its paths look like `{example}`)"
+                ),
             ));
         }
         let name: &'static str = match kind {
@@ -252,7 +299,10 @@ pub fn load_peft<M: AdapterHost>(model: &mut M, dir: impl AsRef<Path>) -> Result
         let l = &layers[&path];
         let (ka, kb) = ("A", "B");
         let (Some((key_a, a)), Some((key_b, b))) = (g.remove(ka), g.remove(kb)) else {
-            return Err(err(&w_path, format!("layer `{path}` has only one of its A/B tensors")));
+            return Err(err(
+                &w_path,
+                format!("layer `{path}` has only one of its A/B tensors"),
+            ));
         };
         let alpha = *pattern_value(&alpha_patterns, &path).unwrap_or(&alpha_default);
         if is_lora {
@@ -263,9 +313,19 @@ pub fn load_peft<M: AdapterHost>(model: &mut M, dir: impl AsRef<Path>) -> Result
             if b.shape != [l.d_out, r] {
                 return Err(shape_err(&key_b, &b.shape, &[l.d_out, r], &path, l));
             }
-            let scale = if rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
-            let at = Tensor::from_data(TensorData::new(transpose(&a.data, r, l.d_in), [l.d_in, r]), &l.device);
-            let bt = Tensor::from_data(TensorData::new(transpose(&b.data, l.d_out, r), [r, l.d_out]), &l.device);
+            let scale = if rslora {
+                alpha / (r as f64).sqrt()
+            } else {
+                alpha / r as f64
+            };
+            let at = Tensor::from_data(
+                TensorData::new(transpose(&a.data, r, l.d_in), [l.d_in, r]),
+                &l.device,
+            );
+            let bt = Tensor::from_data(
+                TensorData::new(transpose(&b.data, l.d_out, r), [r, l.d_out]),
+                &l.device,
+            );
             let config = LoraConfig::new(r)
                 .with_alpha(alpha)
                 .with_rslora(rslora)
@@ -273,7 +333,10 @@ pub fn load_peft<M: AdapterHost>(model: &mut M, dir: impl AsRef<Path>) -> Result
                 .with_init(Init::Random);
             built.insert(
                 path,
-                (Adapter::Lora(LoraAdapter::from_tensors(at, bt, scale)), config.into()),
+                (
+                    Adapter::Lora(LoraAdapter::from_tensors(at, bt, scale)),
+                    config.into(),
+                ),
             );
         } else {
             let k = k_cfg;
@@ -299,7 +362,13 @@ pub fn load_peft<M: AdapterHost>(model: &mut M, dir: impl AsRef<Path>) -> Result
                 (Some((key_ga, ga)), Some((key_gb, gb))) => {
                     let hr = ga.shape.first().copied().unwrap_or(0);
                     if ga.shape != [hr, l.d_in] || hr == 0 {
-                        return Err(shape_err(&key_ga, &ga.shape, &[hybrid_cfg.max(1), l.d_in], &path, l));
+                        return Err(shape_err(
+                            &key_ga,
+                            &ga.shape,
+                            &[hybrid_cfg.max(1), l.d_in],
+                            &path,
+                            l,
+                        ));
                     }
                     if gb.shape != [l.d_out, hr] {
                         return Err(shape_err(&key_gb, &gb.shape, &[l.d_out, hr], &path, l));
@@ -307,14 +376,23 @@ pub fn load_peft<M: AdapterHost>(model: &mut M, dir: impl AsRef<Path>) -> Result
                     Some((hr, ga, gb))
                 }
                 _ => {
-                    return Err(err(&w_path, format!("layer `{path}` has only one of its hybrid A/B tensors")));
+                    return Err(err(
+                        &w_path,
+                        format!("layer `{path}` has only one of its hybrid A/B tensors"),
+                    ));
                 }
             };
             let hr = general.as_ref().map_or(0, |g| g.0);
             let scale = alpha / (r + hr) as f64;
             let general = general.map(|(hr, ga, gb)| {
-                let at = Tensor::from_data(TensorData::new(transpose(&ga.data, hr, l.d_in), [l.d_in, hr]), &l.device);
-                let bt = Tensor::from_data(TensorData::new(transpose(&gb.data, l.d_out, hr), [hr, l.d_out]), &l.device);
+                let at = Tensor::from_data(
+                    TensorData::new(transpose(&ga.data, hr, l.d_in), [l.d_in, hr]),
+                    &l.device,
+                );
+                let bt = Tensor::from_data(
+                    TensorData::new(transpose(&gb.data, l.d_out, hr), [hr, l.d_out]),
+                    &l.device,
+                );
                 LoraAdapter::from_tensors(at, bt, scale)
             });
             let at = Tensor::from_data(TensorData::new(a.data, [k, ib, r]), &l.device);
@@ -341,7 +419,9 @@ pub fn load_peft<M: AdapterHost>(model: &mut M, dir: impl AsRef<Path>) -> Result
         if let Some((adapter, config)) = built.remove(path) {
             if layer.merged {
                 state_err.get_or_insert_with(|| {
-                    AdapterError::State(format!("layer `{path}` is merged; unmerge it before loading an adapter"))
+                    AdapterError::State(format!(
+                        "layer `{path}` is merged; unmerge it before loading an adapter"
+                    ))
                 });
                 return;
             }
@@ -405,7 +485,9 @@ pub fn save_peft<M: AdapterHost>(
     let mut all_paths = Vec::new();
     model.for_each_linear_mut(&mut |path, layer| {
         all_paths.push(path.to_string());
-        let Some(adapter) = &layer.adapter else { return };
+        let Some(adapter) = &layer.adapter else {
+            return;
+        };
         let (d_in, d_out) = layer.dims();
         let dropout = layer.dropout.as_ref().map_or(0.0, |d| d.prob);
         let key = |s: &str| format!("{PREFIX}{path}.{s}");
@@ -418,7 +500,11 @@ pub fn save_peft<M: AdapterHost>(
                     path: path.to_string(),
                     tensors: vec![
                         (key("lora_A.weight"), vec![r, d_in], transpose(&av, d_in, r)),
-                        (key("lora_B.weight"), vec![d_out, r], transpose(&bv, r, d_out)),
+                        (
+                            key("lora_B.weight"),
+                            vec![d_out, r],
+                            transpose(&bv, r, d_out),
+                        ),
                     ],
                     lora: true,
                     r,
@@ -439,8 +525,16 @@ pub fn save_peft<M: AdapterHost>(
                     hr = gen_.rank();
                     let av = host(gen_.a.val());
                     let bv = host(gen_.b.val());
-                    tensors.push((key("gralora_A_general.weight"), vec![hr, d_in], transpose(&av, d_in, hr)));
-                    tensors.push((key("gralora_B_general.weight"), vec![d_out, hr], transpose(&bv, hr, d_out)));
+                    tensors.push((
+                        key("gralora_A_general.weight"),
+                        vec![hr, d_in],
+                        transpose(&av, d_in, hr),
+                    ));
+                    tensors.push((
+                        key("gralora_B_general.weight"),
+                        vec![d_out, hr],
+                        transpose(&bv, hr, d_out),
+                    ));
                 }
                 entries.push(Entry {
                     path: path.to_string(),
@@ -456,17 +550,23 @@ pub fn save_peft<M: AdapterHost>(
         }
     });
     let Some(first) = entries.first() else {
-        return Err(AdapterError::State("the model has no adapters to save".into()));
+        return Err(AdapterError::State(
+            "the model has no adapters to save".into(),
+        ));
     };
     if entries.iter().any(|e| e.lora != first.lora) {
         return Err(AdapterError::State(
-            "the model mixes LoRA and GraLoRA layers; a PEFT directory holds one adapter type".into(),
+            "the model mixes LoRA and GraLoRA layers; a PEFT directory holds one adapter type"
+                .into(),
         ));
     }
     let lora = first.lora;
     // Targets: the distinct last names if they select exactly the adapted layers, else a full-match regex.
     let adapted: BTreeSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-    let names: BTreeSet<&str> = adapted.iter().map(|p| p.rsplit('.').next().unwrap_or(p)).collect();
+    let names: BTreeSet<&str> = adapted
+        .iter()
+        .map(|p| p.rsplit('.').next().unwrap_or(p))
+        .collect();
     let covered: BTreeSet<&str> = all_paths
         .iter()
         .map(String::as_str)
@@ -521,10 +621,10 @@ pub fn save_peft<M: AdapterHost>(
         obj.insert("rank_pattern".into(), Value::Object(rank_pattern));
         obj.insert("alpha_pattern".into(), Value::Object(alpha_pattern));
     } else {
-        if let Some(e) = entries
-            .iter()
-            .find(|e| (e.r, e.k, e.hr, e.alpha.to_bits()) != (first.r, first.k, first.hr, first.alpha.to_bits()))
-        {
+        if let Some(e) = entries.iter().find(|e| {
+            (e.r, e.k, e.hr, e.alpha.to_bits())
+                != (first.r, first.k, first.hr, first.alpha.to_bits())
+        }) {
             return Err(AdapterError::State(format!(
                 "PEFT's GraLoRA stores one r/k/hybrid_r/alpha for all layers, but `{}` differs from `{}`",
                 e.path, first.path
@@ -540,7 +640,8 @@ pub fn save_peft<M: AdapterHost>(
     }
 
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
-    let all: Vec<&(String, Vec<usize>, Vec<f32>)> = entries.iter().flat_map(|e| &e.tensors).collect();
+    let all: Vec<&(String, Vec<usize>, Vec<f32>)> =
+        entries.iter().flat_map(|e| &e.tensors).collect();
     let bytes: Vec<Vec<u8>> = all
         .iter()
         .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -556,7 +657,8 @@ pub fn save_peft<M: AdapterHost>(
         .collect::<Result<_, _>>()?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    let data = safetensors::serialize(views, Some(meta)).map_err(|e| err(&dir.join(WEIGHTS_FILE), e))?;
+    let data =
+        safetensors::serialize(views, Some(meta)).map_err(|e| err(&dir.join(WEIGHTS_FILE), e))?;
     write_atomic(&dir.join(WEIGHTS_FILE), &data)?;
     let text = serde_json::to_string_pretty(&config).expect("json") + "\n";
     write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
@@ -568,4 +670,3 @@ pub fn is_peft_dir(dir: impl AsRef<Path>) -> bool {
     let d = dir.as_ref();
     d.join(CONFIG_FILE).is_file() && d.join(WEIGHTS_FILE).is_file()
 }
-
