@@ -12,6 +12,8 @@ use burn::nn::{Embedding, Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use gralora::{AdaptedLinear, AdapterHost};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
@@ -295,11 +297,11 @@ impl Llama {
     }
 
     /// Load a GGUF file (weights dequantised to f32).
-    pub fn from_gguf(file: GgufFile, device: &Device) -> Result<(LlamaConfig, Self, GgufFile)> {
+    pub fn from_gguf(file: GgufFile, device: &Device) -> Result<(LlamaConfig, Self)> {
         let config = LlamaConfig::from_gguf(&file)?;
         let source = GgufLlama::new(file, config.num_attention_heads, config.kv_heads());
         let model = Self::load(&config, &source, device)?;
-        Ok((config, model, source.file))
+        Ok((config, model))
     }
 
     /// All weights under Hugging Face `LlamaForCausalLM` names, adapters merged into their layers
@@ -560,7 +562,7 @@ pub struct Generation {
 pub struct Sampler {
     temperature: f64,
     top_p: f64,
-    state: u64,
+    rng: StdRng,
 }
 
 impl Sampler {
@@ -569,7 +571,7 @@ impl Sampler {
         Self {
             temperature: 0.0,
             top_p: 1.0,
-            state: 0,
+            rng: StdRng::seed_from_u64(0),
         }
     }
     /// Sample at `temperature` from the smallest set of tokens holding `top_p` of the mass.
@@ -577,18 +579,8 @@ impl Sampler {
         Self {
             temperature,
             top_p: top_p.clamp(0.0, 1.0),
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            rng: StdRng::seed_from_u64(seed),
         }
-    }
-
-    fn uniform(&mut self) -> f64 {
-        // SplitMix64: a fixed, documented generator so a seed reproduces a sample everywhere.
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Choose a token from next-token probabilities.
@@ -622,7 +614,7 @@ impl Sampler {
         }
         weighted.truncate(cut.max(1));
         let mass: f64 = weighted.iter().map(|w| w.1).sum();
-        let mut u = self.uniform() * mass;
+        let mut u = self.rng.random::<f64>() * mass;
         for (id, w) in &weighted {
             if u < *w {
                 return *id;

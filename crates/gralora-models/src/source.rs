@@ -129,7 +129,7 @@ impl LoadedModel {
             ModelSource::Gguf(path) => {
                 let file = GgufFile::open(path)?;
                 let tokenizer = TextTokenizer::from_gguf(&file)?;
-                let (config, model, _) = Llama::from_gguf(file, device)?;
+                let (config, model) = Llama::from_gguf(file, device)?;
                 Self::Decoder {
                     config,
                     model,

@@ -9,8 +9,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
+use gralora::io::{decode_floats, f32_bytes, transpose};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
@@ -103,28 +104,12 @@ impl TensorSource for SafetensorsFile {
         let start = 8 + self.header_len + info.data_offsets.0;
         let end = 8 + self.header_len + info.data_offsets.1;
         let bytes = &self.map[start..end];
-        let data = match info.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(ModelError::UnsupportedType {
-                    path: self.path.clone(),
-                    tensor: name.to_string(),
-                    dtype: format!("{other:?}"),
-                    supported: "F32, F16, BF16",
-                });
-            }
-        };
+        let data = decode_floats(info.dtype, bytes).ok_or_else(|| ModelError::UnsupportedType {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            dtype: format!("{:?}", info.dtype),
+            supported: "F32, F16, BF16",
+        })?;
         Ok(HostTensor {
             shape: info.shape.clone(),
             data,
@@ -203,12 +188,7 @@ impl<'a> Loader<'a> {
     pub fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
         // Transposed on the host: a transposed device view would be copied on every forward.
         let w = self.host(&format!("{name}.weight"), &[d_out, d_in])?;
-        let mut t = vec![0f32; w.data.len()];
-        for (o, row) in w.data.chunks_exact(d_in).enumerate() {
-            for (i, v) in row.iter().enumerate() {
-                t[i * d_out + o] = *v;
-            }
-        }
+        let t = transpose(&w.data, d_out, d_in);
         let weight: Tensor<2> = Tensor::from_data(TensorData::new(t, [d_in, d_out]), &self.device);
         let bias = if bias {
             Some(Param::from_tensor(
@@ -217,19 +197,17 @@ impl<'a> Loader<'a> {
         } else {
             None
         };
-        let mut linear = LinearConfig::new(d_in, d_out)
-            .with_bias(bias.is_some())
-            .init(&self.device);
-        linear.weight = Param::from_tensor(weight);
-        linear.bias = bias;
-        Ok(linear)
+        Ok(Linear {
+            weight: Param::from_tensor(weight),
+            bias,
+        })
     }
 
     /// An embedding table `{name}.weight` `[n, d]`.
     pub fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding> {
-        let mut emb = EmbeddingConfig::new(n, d).init(&self.device);
-        emb.weight = Param::from_tensor(self.tensor(&format!("{name}.weight"), [n, d])?);
-        Ok(emb)
+        Ok(Embedding {
+            weight: Param::from_tensor(self.tensor(&format!("{name}.weight"), [n, d])?),
+        })
     }
 
     /// A layer norm from `{name}.weight` and `{name}.bias` `[d]` (HF names; `gamma`/`beta` accepted).
@@ -267,12 +245,7 @@ pub fn export_linear(out: &mut Export, name: &str, layer: &gralora::AdaptedLinea
         w = w + delta;
     }
     let w = to_vec(w);
-    let mut t = vec![0f32; w.len()];
-    for i in 0..d_in {
-        for o in 0..d_out {
-            t[o * d_in + i] = w[i * d_out + o];
-        }
-    }
+    let t = transpose(&w, d_in, d_out);
     out.push((format!("{name}.weight"), vec![d_out, d_in], t));
     if let Some(b) = &layer.base.bias {
         out.push((format!("{name}.bias"), vec![d_out], to_vec(b.val())));
@@ -311,10 +284,7 @@ pub fn write_safetensors_with(
     tensors: &Export,
     extra: Vec<(String, safetensors::tensor::TensorView<'_>)>,
 ) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, d)| f32_bytes(d)).collect();
     let views = tensors
         .iter()
         .zip(&bytes)
@@ -336,10 +306,5 @@ pub fn write_safetensors_with(
 
 /// Write a file atomically: a temporary file beside it, then rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ModelError::io(path, e)
-    })
+    gralora::io::write_atomic(path, bytes).map_err(|e| ModelError::io(path, e))
 }

@@ -24,6 +24,7 @@ pub mod device;
 mod error;
 mod gralora;
 mod init;
+pub mod io;
 mod lora;
 pub mod ops;
 pub mod peft;

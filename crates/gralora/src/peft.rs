@@ -8,7 +8,7 @@
 //! temporary files and renames them into place.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::nn::DropoutConfig;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -22,6 +22,7 @@ use crate::adapted_linear::AdapterHost;
 use crate::adapter::Adapter;
 use crate::config::{AdapterConfig, GraLoraConfig, Init, LoraConfig};
 use crate::gralora::GraLoraAdapter;
+use crate::io::{decode_floats, f32_bytes, transpose};
 use crate::lora::LoraAdapter;
 
 /// The prefix PEFT puts before module paths.
@@ -50,29 +51,15 @@ fn read_tensors(path: &Path) -> Result<BTreeMap<String, HostArray>, AdapterError
     })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(err(
-                    path,
-                    format!("`{name}` has dtype {other:?}; F32, F16 or BF16 expected"),
-                ));
-            }
-        };
+        let data = decode_floats(view.dtype(), view.data()).ok_or_else(|| {
+            err(
+                path,
+                format!(
+                    "`{name}` has dtype {:?}; F32, F16 or BF16 expected",
+                    view.dtype()
+                ),
+            )
+        })?;
         out.insert(
             name,
             HostArray {
@@ -84,33 +71,24 @@ fn read_tensors(path: &Path) -> Result<BTreeMap<String, HostArray>, AdapterError
     Ok(out)
 }
 
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = data[r * cols + c];
-        }
-    }
-    t
+/// Which factor of a layer's adapter a key holds.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Slot {
+    A,
+    B,
+    /// Hybrid GraLoRA's LoRA pair.
+    GeneralA,
+    GeneralB,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    LoraA,
-    LoraB,
-    GraA,
-    GraB,
-    GenA,
-    GenB,
-}
-
-const SUFFIXES: &[(&str, Kind)] = &[
-    (".lora_A.weight", Kind::LoraA),
-    (".lora_B.weight", Kind::LoraB),
-    (".gralora_A_general.weight", Kind::GenA),
-    (".gralora_B_general.weight", Kind::GenB),
-    (".gralora_A", Kind::GraA),
-    (".gralora_B", Kind::GraB),
+/// `(key suffix, slot, whether it is a LoRA key)`; longer GraLoRA suffixes first.
+const SUFFIXES: &[(&str, Slot, bool)] = &[
+    (".lora_A.weight", Slot::A, true),
+    (".lora_B.weight", Slot::B, true),
+    (".gralora_A_general.weight", Slot::GeneralA, false),
+    (".gralora_B_general.weight", Slot::GeneralB, false),
+    (".gralora_A", Slot::A, false),
+    (".gralora_B", Slot::B, false),
 ];
 
 fn pattern_value<'a, T>(patterns: &'a [(Regex, T)], path: &str) -> Option<&'a T> {
@@ -245,7 +223,7 @@ pub fn load_peft<M: AdapterHost>(
         return Err(err(&w_path, "holds no tensors"));
     }
     // Group keys by module path.
-    let mut groups: BTreeMap<String, HashMap<&'static str, (String, HostArray)>> = BTreeMap::new();
+    let mut groups: BTreeMap<String, HashMap<Slot, (String, HostArray)>> = BTreeMap::new();
     for (key, t) in tensors {
         let Some(rest) = key.strip_prefix(PREFIX) else {
             return Err(err(
@@ -253,13 +231,14 @@ pub fn load_peft<M: AdapterHost>(
                 format!("key `{key}` does not start with `{PREFIX}`"),
             ));
         };
-        let Some((suffix, kind)) = SUFFIXES.iter().find(|(s, _)| rest.ends_with(s)) else {
+        let Some((suffix, slot, lora_key)) = SUFFIXES.iter().find(|(s, _, _)| rest.ends_with(s))
+        else {
             return Err(err(
                 &w_path,
                 format!("key `{key}` is not a LoRA/GraLoRA weight this loader knows"),
             ));
         };
-        if is_lora != matches!(kind, Kind::LoraA | Kind::LoraB) {
+        if is_lora != *lora_key {
             return Err(err(
                 &w_path,
                 format!("key `{key}` does not belong to a {peft_type} adapter"),
@@ -274,15 +253,7 @@ pub fn load_peft<M: AdapterHost>(
                 ),
             ));
         }
-        let name: &'static str = match kind {
-            Kind::LoraA => "A",
-            Kind::LoraB => "B",
-            Kind::GraA => "A",
-            Kind::GraB => "B",
-            Kind::GenA => "GA",
-            Kind::GenB => "GB",
-        };
-        groups.entry(path).or_default().insert(name, (key, t));
+        groups.entry(path).or_default().insert(*slot, (key, t));
     }
 
     let shape_err = |key: &str, found: &[usize], want: &[usize], path: &str, l: &Layer| {
@@ -297,8 +268,7 @@ pub fn load_peft<M: AdapterHost>(
     let mut built: HashMap<String, (Adapter, AdapterConfig)> = HashMap::new();
     for (path, mut g) in groups {
         let l = &layers[&path];
-        let (ka, kb) = ("A", "B");
-        let (Some((key_a, a)), Some((key_b, b))) = (g.remove(ka), g.remove(kb)) else {
+        let (Some((key_a, a)), Some((key_b, b))) = (g.remove(&Slot::A), g.remove(&Slot::B)) else {
             return Err(err(
                 &w_path,
                 format!("layer `{path}` has only one of its A/B tensors"),
@@ -357,7 +327,7 @@ pub fn load_peft<M: AdapterHost>(
             if b.shape != [k, r, ob] {
                 return Err(shape_err(&key_b, &b.shape, &[k, r, ob], &path, l));
             }
-            let general = match (g.remove("GA"), g.remove("GB")) {
+            let general = match (g.remove(&Slot::GeneralA), g.remove(&Slot::GeneralB)) {
                 (None, None) => None,
                 (Some((key_ga, ga)), Some((key_gb, gb))) => {
                     let hr = ga.shape.first().copied().unwrap_or(0);
@@ -449,14 +419,8 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-/// Write atomically: a temporary file in the same directory, then rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
-    let tmp: PathBuf = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(path, e)
-    })
+    crate::io::write_atomic(path, bytes).map_err(|e| err(path, e))
 }
 
 /// Save the adapters of a model as a PEFT directory (`adapter_config.json` +
@@ -642,10 +606,7 @@ pub fn save_peft<M: AdapterHost>(
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     let all: Vec<&(String, Vec<usize>, Vec<f32>)> =
         entries.iter().flat_map(|e| &e.tensors).collect();
-    let bytes: Vec<Vec<u8>> = all
-        .iter()
-        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
+    let bytes: Vec<Vec<u8>> = all.iter().map(|(_, _, d)| f32_bytes(d)).collect();
     let views: Vec<(String, TensorView)> = all
         .iter()
         .zip(&bytes)
