@@ -372,26 +372,13 @@ fn greedy_generation_follows_argmax_and_stops_at_eos() {
         .unwrap();
     assert_eq!(g2.tokens, vec![g.tokens[0]]);
     // Sampling with a seed is reproducible and stays in the vocabulary.
-    let s1 = model
-        .generate(
-            &prompt,
-            5,
-            &mut Sampler::sampling(1.0, 0.9, 42),
-            &[],
-            &device,
-            |_| {},
-        )
-        .unwrap();
-    let s2 = model
-        .generate(
-            &prompt,
-            5,
-            &mut Sampler::sampling(1.0, 0.9, 42),
-            &[],
-            &device,
-            |_| {},
-        )
-        .unwrap();
+    let sample = |seed| {
+        let mut sampler = Sampler::sampling(1.0, 0.9, seed);
+        model
+            .generate(&prompt, 5, &mut sampler, &[], &device, |_| {})
+            .unwrap()
+    };
+    let (s1, s2) = (sample(42), sample(42));
     assert_eq!(s1.tokens, s2.tokens);
     assert!(s1.tokens.iter().all(|&t| t < 40));
     assert!(matches!(
