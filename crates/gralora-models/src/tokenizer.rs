@@ -206,6 +206,18 @@ impl TextTokenizer {
         })
     }
 
+    /// Truncate every encoding to at most `max_len` tokens, special tokens included (pairs lose
+    /// tokens from the longer text first, as Hugging Face's `longest_first`); `None` turns it off.
+    pub fn set_max_len(&mut self, max_len: Option<usize>) -> Result<()> {
+        let params = max_len.map(|max_length| tokenizers::TruncationParams {
+            max_length,
+            strategy: tokenizers::TruncationStrategy::LongestFirst,
+            ..Default::default()
+        });
+        let result = self.inner.with_truncation(params).map(|_| ());
+        result.map_err(|e| self.err(e))
+    }
+
     /// Text of token ids (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| self.err(e))

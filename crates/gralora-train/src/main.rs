@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use gralora_models::assets::{self, Fetched, Progress};
 use gralora_models::source::{LoadedModel, ModelSource};
 use gralora_models::{Bert, BertInput, Sampler};
+use gralora_train::data::Task;
+use gralora_train::train::{Method, RunDir, TrainConfig, peak_rss_mib};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -34,6 +36,166 @@ enum Command {
     Infer(InferArgs),
     /// Merge a PEFT adapter into a model and write a Hugging Face snapshot directory.
     Merge(MergeArgs),
+    /// Fine-tune a model on a task (fetches what it needs) and report the evaluation metric.
+    Train(TrainArgs),
+    /// Evaluate a model with a trained adapter and head on a task.
+    Eval(EvalArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time whole training steps (forward, backward, AdamW) on fixed random tokens.
+    Step(BenchStepArgs),
+}
+
+#[derive(Args)]
+struct AdapterArgs {
+    /// Adapter rank r.
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    /// GraLoRA's k (the update is a k×k grid of rank-r/k blocks; k must divide r and the layer sizes).
+    #[arg(long, default_value_t = 2)]
+    k: usize,
+    /// Hybrid GraLoRA: rank of a plain LoRA pair beside the blocks.
+    #[arg(long, default_value_t = 0)]
+    hybrid_r: usize,
+    /// alpha: scale = alpha / r (GraLoRA: alpha / (r + hybrid_r)). Default 2·r.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Dropout on the adapter input.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Linear layers to adapt, by module name (PEFT's target_modules), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "query,key,value,attention.output.dense,intermediate.dense,output.dense"
+    )]
+    targets: Vec<String>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Model: an alias (minilm) or a Hugging Face BERT-family snapshot directory.
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<String>,
+    /// Task: sst2, snli or boolq.
+    #[arg(long, required_unless_present = "resume")]
+    task: Option<String>,
+    /// lora, gralora or full.
+    #[arg(long, default_value = "gralora")]
+    method: String,
+    #[command(flatten)]
+    adapter: AdapterArgs,
+    /// Epochs.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Peak learning rate (linear warmup, cosine decay). Default 1e-3 for adapters, 5e-5 for full.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// LoRA+: the B matrices learn at lr × this.
+    #[arg(long, default_value_t = 1.0)]
+    b_lr_ratio: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Fraction of steps for the linear warmup.
+    #[arg(long, default_value_t = 0.06)]
+    warmup: f64,
+    /// Examples per batch (padded to the longest in the batch).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Batches per optimiser step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Truncate inputs to this many tokens.
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Seed (initialisation, shuffling, dropout).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Train on a seeded subset of this many examples.
+    #[arg(long)]
+    max_train: Option<usize>,
+    /// Evaluate on the first this many examples.
+    #[arg(long)]
+    max_eval: Option<usize>,
+    /// Early stopping: epochs without a better validation loss.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Pooling for the head: mean or cls.
+    #[arg(long, default_value = "mean")]
+    pooling: String,
+    /// auto (a GPU through wgpu if present, else the CPU), wgpu, or flex (CPU).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Output directory (adapter in PEFT's format, classifier head, train_config.json, metrics.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the unfinished run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Print the metrics as one JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Model: an alias (minilm) or a Hugging Face snapshot directory (for full fine-tuning: DIR/model).
+    #[arg(long)]
+    model: String,
+    /// A `gralora train` output directory (adapter and classifier head).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Task: sst2, snli or boolq.
+    #[arg(long)]
+    task: String,
+    /// Truncate inputs to this many tokens (default: as trained).
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Evaluate on the first this many examples.
+    #[arg(long)]
+    max_eval: Option<usize>,
+    /// auto, wgpu or flex.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print the metrics as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchStepArgs {
+    /// Model: an alias (minilm) or a Hugging Face BERT-family snapshot directory.
+    #[arg(long, default_value = "minilm")]
+    model: String,
+    /// lora, gralora or full.
+    #[arg(long, default_value = "gralora")]
+    method: String,
+    #[command(flatten)]
+    adapter: AdapterArgs,
+    /// Examples per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Tokens per example.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// auto, wgpu or flex.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -99,6 +261,9 @@ fn main() -> ExitCode {
         Command::Fetch(args) => fetch(args),
         Command::Infer(args) => infer(args),
         Command::Merge(args) => merge(args),
+        Command::Train(args) => train(args),
+        Command::Eval(args) => eval(args),
+        Command::Bench(BenchCommand::Step(args)) => bench_step(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,7 +275,6 @@ fn main() -> ExitCode {
 }
 
 fn fetch(args: FetchArgs) -> Result<(), Error> {
-    let home = assets::home();
     let mut list = Vec::new();
     for name in &args.assets {
         if name == "all" {
@@ -119,6 +283,35 @@ fn fetch(args: FetchArgs) -> Result<(), Error> {
             list.push(assets::find(name)?);
         }
     }
+    fetch_list(list, args.quiet)
+}
+
+/// Fetch what a command needs: the model alias's asset if its directory is missing, the task's
+/// assets if any of its files is missing (files put in place by hand are used as they are).
+fn fetch_missing(model: &str, task: Option<Task>) -> Result<(), Error> {
+    let home = assets::home();
+    let mut list = Vec::new();
+    if let Some(name) = model_asset(model) {
+        if !home.join(name).is_dir() {
+            list.push(assets::find(name)?);
+        }
+    }
+    if let Some(task) = task {
+        if task.files().iter().any(|f| !home.join(f).is_file()) {
+            for name in task.assets() {
+                list.push(assets::find(name)?);
+            }
+        }
+    }
+    fetch_list(list, false)
+}
+
+fn fetch_list(list: Vec<&'static assets::Asset>, quiet: bool) -> Result<(), Error> {
+    let home = assets::home();
+    let args = FetchArgs {
+        assets: Vec::new(),
+        quiet,
+    };
     let tty = std::io::stderr().is_terminal() && !args.quiet;
     for asset in list {
         let bar = if tty {
@@ -157,12 +350,181 @@ fn fetch(args: FetchArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// Peak resident memory of this process in MiB (Linux), if known.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+fn adapter_config(config: &mut TrainConfig, a: &AdapterArgs) {
+    config.rank = a.rank;
+    config.k = a.k;
+    config.hybrid_r = a.hybrid_r;
+    config.alpha = a.alpha.unwrap_or(2.0 * a.rank as f64);
+    config.dropout = a.dropout;
+    config.targets = a.targets.clone();
+}
+
+/// The model alias's asset, if the argument is one.
+fn model_asset(model: &str) -> Option<&'static str> {
+    assets::ASSETS
+        .iter()
+        .find(|a| a.name == model && matches!(a.name, "minilm" | "smollm2"))
+        .map(|a| a.name)
+}
+
+fn train(args: TrainArgs) -> Result<(), Error> {
+    let config = if args.resume {
+        let dir = RunDir(args.out.clone());
+        if !dir.config().is_file() {
+            return Err(format!(
+                "{} holds no run to resume (no train_config.json); drop --resume to start one",
+                args.out.display()
+            )
+            .into());
+        }
+        dir.read_config()?
+    } else {
+        let method: Method = args.method.parse()?;
+        let mut c = TrainConfig::new(
+            args.model.as_deref().unwrap_or_default(),
+            args.task.as_deref().unwrap_or_default(),
+            method,
+        );
+        adapter_config(&mut c, &args.adapter);
+        c.epochs = args.epochs;
+        if let Some(lr) = args.lr {
+            c.lr = lr;
+        }
+        c.b_lr_ratio = args.b_lr_ratio;
+        c.weight_decay = args.weight_decay;
+        c.warmup = args.warmup;
+        c.batch_size = args.batch_size;
+        c.grad_accum = args.grad_accum;
+        c.max_len = args.max_len;
+        c.seed = args.seed;
+        c.max_train = args.max_train;
+        c.max_eval = args.max_eval;
+        c.patience = args.patience;
+        c.pooling = args.pooling.clone();
+        c
+    };
+    config.validate()?;
+    let task = config.task()?;
+    fetch_missing(&config.model, Some(task))?;
+    let device = gralora::device::select(&args.device)?;
+    eprintln!(
+        "training {} on {} with {:?} on {}",
+        config.model,
+        task.name(),
+        config.method,
+        device_name(&device)
+    );
+    let done = gralora_train::train::train(
+        &config,
+        &args.out,
+        args.resume,
+        &device,
+        &assets::home(),
+        &mut |line| eprintln!("{line}"),
+    )?;
+    let m = &done.metrics;
+    if args.json {
+        println!("{}", serde_json::to_string(m)?);
+    } else {
+        println!(
+            "{} {} accuracy {:.4}{} ({} examples) | {} epochs, {:.0} train tokens/s, {:.0} s, peak memory {:.0} MiB | {}",
+            m.task,
+            m.eval_split,
+            m.eval.accuracy,
+            m.eval
+                .f1
+                .map(|f| format!(", F1 {f:.4}"))
+                .unwrap_or_default(),
+            m.eval.examples,
+            m.epochs,
+            m.tokens_per_s,
+            m.wall_s,
+            m.peak_rss_mb.unwrap_or(f64::NAN),
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<(), Error> {
+    let task: Task = args.task.parse()?;
+    fetch_missing(&args.model, Some(task))?;
+    let device = gralora::device::select(&args.device)?;
+    let start = Instant::now();
+    let m = gralora_train::train::eval(
+        &args.model,
+        args.adapter.as_deref(),
+        task,
+        args.max_len,
+        args.max_eval,
+        64,
+        &device,
+        &assets::home(),
+    )?;
+    if args.json {
+        let mut v = serde_json::to_value(m)?;
+        v["task"] = json!(task.name());
+        println!("{v}");
+    } else {
+        println!(
+            "{} accuracy {:.4}{} loss {:.4} ({} examples, {:.1} s)",
+            task.name(),
+            m.accuracy,
+            m.f1.map(|f| format!(", F1 {f:.4}")).unwrap_or_default(),
+            m.loss,
+            m.examples,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn bench_step(args: BenchStepArgs) -> Result<(), Error> {
+    let method: Method = args.method.parse()?;
+    let mut config = TrainConfig::new(&args.model, "sst2", method);
+    adapter_config(&mut config, &args.adapter);
+    fetch_missing(&args.model, None)?;
+    let device = gralora::device::select(&args.device)?;
+    let source = ModelSource::resolve(&args.model, &assets::home())?;
+    let LoadedModel::Encoder { model: bert, .. } = LoadedModel::load(&source, &device)?.model
+    else {
+        return Err("bench step takes an encoder (BERT family), e.g. --model minilm".into());
+    };
+    let r = gralora_train::train::bench_step(
+        bert,
+        &config,
+        args.batch_size,
+        args.seq_len,
+        args.warmup,
+        args.iters.max(1),
+        &device,
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "method": args.method, "rank": config.rank, "k": config.k,
+                "batch_size": args.batch_size, "seq_len": args.seq_len, "device": device_name(&device),
+                "ms_per_step": r.ms_per_step, "tokens_per_s": r.tokens_per_s,
+                "peak_rss_mb": r.peak_rss_mb, "trainable_params": r.trainable_params,
+            })
+        );
+    } else {
+        println!(
+            "{} r={} k={} batch {}×{} on {}: {:.1} ms/step, {:.0} tokens/s, peak memory {:.0} MiB, {} trainable parameters",
+            args.method,
+            config.rank,
+            config.k,
+            args.batch_size,
+            args.seq_len,
+            device_name(&device),
+            r.ms_per_step,
+            r.tokens_per_s,
+            r.peak_rss_mb.unwrap_or(f64::NAN),
+            r.trainable_params
+        );
+    }
+    Ok(())
 }
 
 fn merge(args: MergeArgs) -> Result<(), Error> {

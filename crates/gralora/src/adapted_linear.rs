@@ -79,20 +79,22 @@ impl AdaptedLinear {
     /// - input: `[..., in]`
     /// - output: `[..., out]`
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        let y = self.base.forward(input.clone());
+        let (d_in, d_out) = self.dims();
+        let mut out_shape = input.dims();
+        out_shape[D - 1] = d_out;
+        // One `[tokens, in] x [in, out]` matmul: the CPU backend runs a broadcast batched matmul
+        // as many small ones.
+        let x2: Tensor<2> = input.reshape([-1, d_in as i32]);
+        let y = self.base.forward(x2.clone());
         let adapter = match (&self.adapter, self.merged) {
             (Some(adapter), false) => adapter,
-            _ => return y,
+            _ => return y.reshape(out_shape),
         };
-        let (d_in, d_out) = self.dims();
-        let x = match &self.dropout {
-            Some(dropout) => dropout.forward(input),
-            None => input,
+        let x2 = match &self.dropout {
+            Some(dropout) => dropout.forward(x2),
+            None => x2,
         };
-        let mut out_shape = y.dims();
-        out_shape[D - 1] = d_out;
-        let x2: Tensor<2> = x.reshape([-1, d_in as i32]);
-        y + adapter.forward(x2).reshape(out_shape)
+        (y + adapter.forward(x2)).reshape(out_shape)
     }
 
     /// `ΔW` `[in, out]` (scale included), or `None` without an adapter.

@@ -1,0 +1,958 @@
+//! Fine-tuning an encoder classifier with burn-train, evaluation, and the files a run leaves.
+//!
+//! A run directory (`--out`) holds, when complete:
+//! - `adapter_config.json`, `adapter_model.safetensors` — the adapter in PEFT's format (LoRA and
+//!   GraLoRA), or `model/` — a Hugging Face snapshot (full fine-tuning);
+//! - `classifier.safetensors` — the classification head (`classifier.weight` `[classes, hidden]`,
+//!   `classifier.bias`), which PEFT would keep in `modules_to_save`;
+//! - `train_config.json` — every setting (written first; `--resume` reads it back);
+//! - `metrics.json` — written last: a directory without it is not a finished run;
+//! - `run/` — burn-train's logs and per-epoch checkpoints.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burn::module::{Module, ParamGroup, ParamId};
+use burn::optim::AdamWConfig;
+use burn::optim::lr_scheduler::LrSchedulerConfig;
+use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrSchedulerConfig;
+use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
+use burn::tensor::Device;
+use burn::train::metric::store::{Aggregate, Direction, Split};
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
+use burn::train::{
+    Interrupter, Learner, MetricEarlyStoppingStrategy, StoppingCondition, SupervisedTraining,
+};
+use gralora::{
+    AdaptOptions, Adapter, AdapterConfig, AdapterHost, GraLoraConfig, LoraConfig, Targets,
+    attach_adapters,
+};
+use gralora_models::weights::{SafetensorsFile, TensorSource};
+use gralora_models::{Bert, BertClassifier, LoadedModel, ModelSource, Pooling, TextTokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::classify::{ClassBatch, EpochLoader, Item, LossGuard, TextClassifier};
+use crate::data::{Example, Task};
+use crate::error::{Result, TrainError};
+use crate::renderer::LineRenderer;
+
+/// How the model is adapted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Plain LoRA.
+    Lora,
+    /// GraLoRA (k×k block adapters, optional hybrid LoRA pair).
+    Gralora,
+    /// Full fine-tuning: every weight trains.
+    Full,
+}
+
+impl std::str::FromStr for Method {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lora" => Ok(Self::Lora),
+            "gralora" => Ok(Self::Gralora),
+            "full" => Ok(Self::Full),
+            other => Err(TrainError::Usage(format!(
+                "unknown method `{other}`; use lora, gralora or full"
+            ))),
+        }
+    }
+}
+
+/// Every setting of a training run (saved as `train_config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Model argument (alias, snapshot directory).
+    pub model: String,
+    /// Task name.
+    pub task: String,
+    /// Adaptation method.
+    pub method: Method,
+    /// Adapter rank r.
+    pub rank: usize,
+    /// GraLoRA's k.
+    pub k: usize,
+    /// Hybrid GraLoRA's plain LoRA rank.
+    pub hybrid_r: usize,
+    /// alpha (scale = alpha / r; GraLoRA: alpha / (r + hybrid_r)).
+    pub alpha: f64,
+    /// Dropout on the adapter input.
+    pub dropout: f64,
+    /// Target module names (PEFT's `target_modules`).
+    pub targets: Vec<String>,
+    /// Epochs.
+    pub epochs: usize,
+    /// Peak learning rate (AdamW, linear warmup then cosine decay to 0).
+    pub lr: f64,
+    /// LoRA+: learning rate of the B matrices = lr × this.
+    pub b_lr_ratio: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Fraction of optimiser steps spent warming up.
+    pub warmup: f64,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Batches whose gradients are summed per optimiser step.
+    pub grad_accum: usize,
+    /// Longest tokenised input (longer ones are truncated).
+    pub max_len: usize,
+    /// Seed of initialisation, shuffling and dropout.
+    pub seed: u64,
+    /// Use at most this many training examples (a seeded subset).
+    pub max_train: Option<usize>,
+    /// Evaluate on at most this many examples (the first ones).
+    pub max_eval: Option<usize>,
+    /// Stop when the validation loss has not improved for this many epochs.
+    pub patience: Option<usize>,
+    /// Dropout before the classification head.
+    pub head_dropout: f64,
+    /// Pooling of the encoder's states for the head: `mean` or `cls`.
+    pub pooling: String,
+}
+
+impl TrainConfig {
+    /// Defaults for `method` on `task` (PEFT's r = 32, alpha = 64, k = 2).
+    pub fn new(model: &str, task: &str, method: Method) -> Self {
+        Self {
+            model: model.into(),
+            task: task.into(),
+            method,
+            rank: 32,
+            k: 2,
+            hybrid_r: 0,
+            alpha: 64.0,
+            dropout: 0.0,
+            targets: [
+                "query",
+                "key",
+                "value",
+                "attention.output.dense",
+                "intermediate.dense",
+                "output.dense",
+            ]
+            .map(String::from)
+            .to_vec(),
+            epochs: 3,
+            lr: if method == Method::Full { 5e-5 } else { 1e-3 },
+            b_lr_ratio: 1.0,
+            weight_decay: 0.01,
+            warmup: 0.06,
+            batch_size: 32,
+            grad_accum: 1,
+            max_len: 128,
+            seed: 42,
+            max_train: None,
+            max_eval: None,
+            patience: None,
+            head_dropout: 0.1,
+            pooling: "mean".into(),
+        }
+    }
+
+    /// The task.
+    pub fn task(&self) -> Result<Task> {
+        self.task.parse()
+    }
+
+    fn pooling(&self) -> Result<Pooling> {
+        match self.pooling.as_str() {
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            other => Err(TrainError::Usage(format!(
+                "unknown pooling `{other}`; use mean or cls"
+            ))),
+        }
+    }
+
+    /// The adapter configuration (`None` for full fine-tuning).
+    pub fn adapter(&self) -> Result<Option<AdapterConfig>> {
+        let config: AdapterConfig = match self.method {
+            Method::Full => return Ok(None),
+            Method::Lora => LoraConfig::new(self.rank)
+                .with_alpha(self.alpha)
+                .with_dropout(self.dropout)
+                .into(),
+            Method::Gralora => GraLoraConfig::new(self.rank, self.k)
+                .with_alpha(self.alpha)
+                .with_dropout(self.dropout)
+                .with_hybrid_r(self.hybrid_r)
+                .into(),
+        };
+        config.validate()?;
+        Ok(Some(config))
+    }
+
+    /// Check everything that can be checked before loading anything.
+    pub fn validate(&self) -> Result<()> {
+        self.task()?;
+        self.pooling()?;
+        self.adapter()?;
+        let usage = |m: String| Err(TrainError::Usage(m));
+        if self.epochs == 0 {
+            return usage("--epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return usage("--batch-size and --grad-accum must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr * self.b_lr_ratio.max(1.0) <= 1.0) {
+            return usage(format!(
+                "--lr {} (× --b-lr-ratio {}) must be in (0, 1]",
+                self.lr, self.b_lr_ratio
+            ));
+        }
+        if self.b_lr_ratio <= 0.0 {
+            return usage("--b-lr-ratio must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return usage(format!("--warmup {} must be in [0, 1)", self.warmup));
+        }
+        if self.max_len < 8 {
+            return usage(format!(
+                "--max-len {} is too short (at least 8)",
+                self.max_len
+            ));
+        }
+        if self.targets.is_empty() && self.method != Method::Full {
+            return usage("--targets is empty; name at least one linear layer".into());
+        }
+        Ok(())
+    }
+}
+
+/// Metric values of one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Examples evaluated.
+    pub examples: usize,
+    /// Accuracy.
+    pub accuracy: f64,
+    /// F1 of class 1 (binary tasks only).
+    pub f1: Option<f64>,
+    /// Mean cross-entropy.
+    pub loss: f64,
+}
+
+/// What `metrics.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunMetrics {
+    /// Task name.
+    pub task: String,
+    /// Method.
+    pub method: Method,
+    /// Model argument.
+    pub model: String,
+    /// Device it ran on.
+    pub device: String,
+    /// Training split name and size.
+    pub train_split: String,
+    /// Training examples.
+    pub train_examples: usize,
+    /// Evaluation split name.
+    pub eval_split: String,
+    /// Final evaluation.
+    pub eval: EvalMetrics,
+    /// Epochs completed (early stopping may end sooner).
+    pub epochs: usize,
+    /// Trainable parameters.
+    pub trainable_params: usize,
+    /// Wall time of the whole command, seconds.
+    pub wall_s: f64,
+    /// Training wall time of this process (excluding loading and final evaluation), seconds.
+    pub train_s: f64,
+    /// Training tokens processed per second by this process (real tokens, padding excluded).
+    pub tokens_per_s: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mb: Option<f64>,
+    /// Whether the run was resumed from a checkpoint.
+    pub resumed_from_epoch: Option<usize>,
+    /// The seed.
+    pub seed: u64,
+}
+
+/// Peak resident memory of this process in MiB (Linux), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Tokenise examples (truncated to `max_len`).
+pub fn tokenize(
+    tokenizer: &mut TextTokenizer,
+    examples: &[Example],
+    max_len: usize,
+) -> Result<Vec<Item>> {
+    tokenizer.set_max_len(Some(max_len))?;
+    examples
+        .iter()
+        .map(|e| {
+            let encoded = match &e.b {
+                Some(b) => tokenizer.encode_pair(&e.a, b)?,
+                None => tokenizer.encode(&e.a, true)?,
+            };
+            Ok(Item {
+                encoded,
+                label: e.label,
+            })
+        })
+        .collect()
+}
+
+/// The token id used for padding (`[PAD]`, else 0).
+pub fn pad_id(tokenizer: &TextTokenizer) -> u32 {
+    tokenizer
+        .token_to_id("[PAD]")
+        .or_else(|| tokenizer.token_to_id("<pad>"))
+        .unwrap_or(0)
+}
+
+/// Accuracy, F1 (binary) and loss of `model` on `items`, in batches sorted by length.
+pub fn evaluate(
+    model: &BertClassifier,
+    items: &[Item],
+    pad: u32,
+    batch_size: usize,
+) -> EvalMetrics {
+    let device = model.classifier.weight.val().device();
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| items[i].encoded.ids.len());
+    let (mut correct, mut tp, mut fp, mut fneg, mut loss_sum) =
+        (0usize, 0usize, 0usize, 0usize, 0f64);
+    let mut classes = 0;
+    for chunk in order.chunks(batch_size.max(1)) {
+        let batch: Vec<&Item> = chunk.iter().map(|&i| &items[i]).collect();
+        let b = ClassBatch::new(&batch, pad, &device);
+        let logits = model.forward(&b.input);
+        let [n, c] = logits.dims();
+        classes = c;
+        let logp = burn::tensor::activation::log_softmax(logits, 1);
+        let values: Vec<f32> = logp
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap_or_default();
+        for (row, item) in batch.iter().enumerate().take(n) {
+            let r = &values[row * c..(row + 1) * c];
+            let pred = (0..c).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap_or(0);
+            loss_sum -= r[item.label.min(c - 1)] as f64;
+            correct += usize::from(pred == item.label);
+            match (pred == 1, item.label == 1) {
+                (true, true) => tp += 1,
+                (true, false) => fp += 1,
+                (false, true) => fneg += 1,
+                _ => {}
+            }
+        }
+    }
+    let n = items.len().max(1) as f64;
+    let f1 = (classes == 2).then(|| {
+        let d = (2 * tp + fp + fneg) as f64;
+        if d == 0.0 { 0.0 } else { 2.0 * tp as f64 / d }
+    });
+    EvalMetrics {
+        examples: items.len(),
+        accuracy: correct as f64 / n,
+        f1,
+        loss: loss_sum / n,
+    }
+}
+
+/// The parameter ids of every adapter's B matrix (LoRA+ gives them their own learning rate).
+pub fn b_param_ids<M: AdapterHost>(model: &mut M) -> Vec<ParamId> {
+    let mut ids = Vec::new();
+    model.for_each_linear_mut(&mut |_, layer| match &layer.adapter {
+        Some(Adapter::Lora(a)) => ids.push(a.b.id),
+        Some(Adapter::GraLora(a)) => {
+            ids.push(a.b.id);
+            if let Some(g) = &a.general {
+                ids.push(g.b.id);
+            }
+        }
+        None => {}
+    });
+    ids
+}
+
+/// The encoder in training mode (autodiff on): every weight trainable for full fine-tuning,
+/// all frozen otherwise (adapters attached afterwards are the only trainable encoder weights).
+fn trainable_encoder(bert: Bert, method: Method) -> Bert {
+    let bert = bert.train();
+    match method {
+        Method::Full => bert.set_require_grad(true),
+        _ => bert.no_grad(),
+    }
+}
+
+fn schedule(lr: f64, warmup: usize, total: usize) -> LrSchedulerConfig {
+    let cosine = CosineAnnealingLrSchedulerConfig::new(lr, (total - warmup).max(1));
+    if warmup == 0 {
+        return cosine.into();
+    }
+    SequentialLrSchedulerConfig::new(
+        vec![
+            LinearLrSchedulerConfig::new(lr / warmup as f64, lr, warmup).into(),
+            cosine.into(),
+        ],
+        vec![warmup],
+    )
+    .into()
+}
+
+/// Progress lines for the caller to print (the library prints nothing).
+pub type Report<'a> = &'a mut dyn FnMut(&str);
+
+/// A finished run: its metrics and the trained model.
+pub struct Finished {
+    /// What was written to `metrics.json`.
+    pub metrics: RunMetrics,
+    /// The trained classifier (inference mode).
+    pub model: BertClassifier,
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("serialisable");
+    gralora::io::write_atomic(path, text.as_bytes()).map_err(|e| TrainError::io(path, e))
+}
+
+/// The run's files.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    /// `train_config.json`.
+    pub fn config(&self) -> PathBuf {
+        self.0.join("train_config.json")
+    }
+    /// `metrics.json`.
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.json")
+    }
+    /// burn-train's directory.
+    pub fn run(&self) -> PathBuf {
+        self.0.join("run")
+    }
+    /// The classification head.
+    pub fn head(&self) -> PathBuf {
+        self.0.join("classifier.safetensors")
+    }
+    /// The last epoch with a complete checkpoint (model, optimiser and scheduler), if any.
+    pub fn last_checkpoint(&self) -> Option<usize> {
+        let dir = self.run().join("checkpoint");
+        let entries = std::fs::read_dir(&dir).ok()?;
+        let epochs = entries.filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("model-")?
+                .strip_suffix(".bpk")?
+                .parse::<usize>()
+                .ok()
+        });
+        epochs
+            .filter(|e| {
+                ["optim", "scheduler"]
+                    .iter()
+                    .all(|n| dir.join(format!("{n}-{e}.bpk")).is_file())
+            })
+            .max()
+    }
+    /// Read a saved configuration.
+    pub fn read_config(&self) -> Result<TrainConfig> {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Data {
+            path,
+            msg: format!("not a gralora training config: {e}"),
+        })
+    }
+}
+
+/// Save the classification head as `classifier.safetensors` (PyTorch layout).
+pub fn save_head(model: &BertClassifier, path: &Path) -> Result<()> {
+    let w = model.classifier.weight.val();
+    let [hidden, classes] = w.dims();
+    let w: Vec<f32> = w
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap_or_default();
+    let wt = gralora::io::transpose(&w, hidden, classes);
+    let mut tensors = vec![("classifier.weight".to_string(), vec![classes, hidden], wt)];
+    if let Some(b) = &model.classifier.bias {
+        let b: Vec<f32> = b
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap_or_default();
+        tensors.push(("classifier.bias".to_string(), vec![classes], b));
+    }
+    Ok(gralora_models::weights::write_safetensors(path, &tensors)?)
+}
+
+/// Load a head saved by [`save_head`] onto a fresh classifier over `bert`.
+pub fn load_head(bert: Bert, path: &Path, pooling: Pooling) -> Result<BertClassifier> {
+    let file = SafetensorsFile::open(path)?;
+    let shape = file
+        .shape("classifier.weight")
+        .ok_or_else(|| TrainError::Data {
+            path: path.to_path_buf(),
+            msg: "no tensor `classifier.weight`".into(),
+        })?;
+    let [classes, hidden] = shape[..] else {
+        return Err(TrainError::Data {
+            path: path.to_path_buf(),
+            msg: format!("`classifier.weight` has shape {shape:?}, expected [classes, hidden]"),
+        });
+    };
+    if hidden != bert.hidden_size() {
+        return Err(TrainError::Data {
+            path: path.to_path_buf(),
+            msg: format!(
+                "head expects hidden size {hidden}, the model has {}; was it trained on another model?",
+                bert.hidden_size()
+            ),
+        });
+    }
+    let mut model = BertClassifier::new(bert, classes, pooling, 0.0);
+    let device = model.classifier.weight.val().device();
+    let loader = gralora_models::weights::Loader::new(&file, &device);
+    model.classifier = loader.linear(
+        "classifier",
+        hidden,
+        classes,
+        file.shape("classifier.bias").is_some(),
+    )?;
+    Ok(model)
+}
+
+struct Prepared {
+    tokenizer_pad: u32,
+    train: Vec<Item>,
+    eval: Vec<Item>,
+}
+
+fn prepare(config: &TrainConfig, home: &Path, tokenizer: &mut TextTokenizer) -> Result<Prepared> {
+    let task = config.task()?;
+    let mut data = task.load(home)?;
+    if let Some(n) = config.max_train {
+        if n == 0 {
+            return Err(TrainError::Usage(
+                "--max-train 0 leaves nothing to train on".into(),
+            ));
+        }
+        if n < data.train.len() {
+            use rand::SeedableRng;
+            use rand::seq::SliceRandom;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+            data.train.shuffle(&mut rng);
+            data.train.truncate(n);
+        }
+    }
+    if let Some(n) = config.max_eval {
+        data.eval.truncate(n.max(1));
+    }
+    let train = tokenize(tokenizer, &data.train, config.max_len)?;
+    let eval = tokenize(tokenizer, &data.eval, config.max_len)?;
+    Ok(Prepared {
+        tokenizer_pad: pad_id(tokenizer),
+        train,
+        eval,
+    })
+}
+
+/// Train as `config` says, writing into `out`. `resume`: continue from the last checkpoint in
+/// `out` (the configuration saved there is used). `device`: the (non-autodiff) device.
+pub fn train(
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    device: &Device,
+    home: &Path,
+    report: Report<'_>,
+) -> Result<Finished> {
+    let started = Instant::now();
+    let dir = RunDir(out.to_path_buf());
+    config.validate()?;
+    let resumed_from = if resume {
+        let saved = dir.read_config()?;
+        if &saved != config {
+            return Err(TrainError::Usage(format!(
+                "{} holds a run with other settings; resume it with only --out and --resume, or pick another --out",
+                out.display()
+            )));
+        }
+        if dir.metrics().is_file() {
+            return Err(TrainError::Usage(format!(
+                "{} is a finished run (metrics.json exists); nothing to resume",
+                out.display()
+            )));
+        }
+        dir.last_checkpoint()
+    } else {
+        if out.exists()
+            && std::fs::read_dir(out)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            let hint = if dir.config().is_file() && !dir.metrics().is_file() {
+                "an unfinished run is there: add --resume to continue it, or pick another --out"
+            } else {
+                "pick another --out (nothing is overwritten)"
+            };
+            return Err(TrainError::Usage(format!(
+                "{} is not empty; {hint}",
+                out.display()
+            )));
+        }
+        None
+    };
+    let task = config.task()?;
+
+    // Model, tokenizer and data.
+    let source = ModelSource::resolve(&config.model, home)?;
+    let loaded = LoadedModel::load(&source, device)?;
+    let LoadedModel::Encoder {
+        model: bert,
+        mut tokenizer,
+        ..
+    } = loaded.model
+    else {
+        return Err(TrainError::Usage(format!(
+            "{} is a decoder; the {} task needs an encoder (BERT family), e.g. --model minilm",
+            config.model,
+            task.name()
+        )));
+    };
+    let prepared = prepare(config, home, &mut tokenizer)?;
+    let (train_name, eval_name) = task.split_names();
+    report(&format!(
+        "{}: {} train examples ({train_name}), {} eval examples ({eval_name})",
+        task.name(),
+        prepared.train.len(),
+        prepared.eval.len()
+    ));
+
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    if !resume {
+        write_json(&dir.config(), config)?;
+    }
+
+    // The model: seeded head and adapters, on the autodiff device.
+    let ad = device.clone().autodiff();
+    device.seed(config.seed);
+    ad.seed(config.seed);
+    let bert = trainable_encoder(bert, config.method);
+    let mut clf = BertClassifier::new(
+        bert,
+        task.num_classes(),
+        config.pooling()?,
+        config.head_dropout,
+    );
+    let mut b_ids = Vec::new();
+    match config.adapter()? {
+        Some(adapter) => {
+            let options = AdaptOptions::new(adapter, Targets::names(config.targets.clone()));
+            let r = attach_adapters(&mut clf, &options)?;
+            report(format!("{r}").lines().last().unwrap_or_default());
+            b_ids = b_param_ids(&mut clf);
+        }
+        None => {}
+    }
+
+    let interrupter = Interrupter::new();
+    let guard = LossGuard::new(interrupter.clone());
+    let model = TextClassifier::new(clf, 1.0 / config.grad_accum as f64, guard.clone());
+    let trainable = model.num_params_trainable();
+    report(&format!("trainable parameters: {trainable}"));
+
+    let done = resumed_from.unwrap_or(0);
+    let train_loader = EpochLoader::new(
+        prepared.train.clone(),
+        config.batch_size,
+        Some(config.seed),
+        prepared.tokenizer_pad,
+        &ad,
+    )
+    .starting_after(done);
+    let steps_per_epoch = train_loader.num_batches().div_ceil(config.grad_accum);
+    let total = steps_per_epoch * config.epochs;
+    let warmup = ((config.warmup * total as f64).round() as usize).min(total.saturating_sub(1));
+    // Validation order does not matter: by length, for less padding.
+    let mut by_len = prepared.eval.clone();
+    by_len.sort_by_key(|i| i.encoded.ids.len());
+    let valid_loader = EpochLoader::new(
+        by_len,
+        config.batch_size * 2,
+        None,
+        prepared.tokenizer_pad,
+        device,
+    );
+    let mut lr = ModuleLrSchedulerConfig::new(schedule(config.lr, warmup, total));
+    if config.b_lr_ratio != 1.0 && !b_ids.is_empty() {
+        lr = lr.with_group(
+            ParamGroup::from_ids(b_ids),
+            schedule(config.lr * config.b_lr_ratio, warmup, total),
+        );
+    }
+    let lr = lr.init().map_err(TrainError::Usage)?;
+    let optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
+
+    let mut training = SupervisedTraining::new(
+        dir.run(),
+        std::sync::Arc::new(train_loader),
+        std::sync::Arc::new(valid_loader),
+    )
+    .metrics((AccuracyMetric::new(), LossMetric::new()))
+    .metric_train_numeric(LearningRateMetric::new())
+    .with_default_checkpointers()
+    .with_interrupter(interrupter)
+    .num_epochs(config.epochs)
+    .with_application_logger(None);
+    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+        training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(15))));
+    }
+    if config.grad_accum > 1 {
+        training = training.grads_accumulation(config.grad_accum);
+    }
+    if let Some(n) = config.patience {
+        training = training.early_stopping(MetricEarlyStoppingStrategy::new(
+            &LossMetric::new(),
+            Aggregate::Mean,
+            Direction::Lowest,
+            Split::Valid,
+            StoppingCondition::NoImprovementSince { n_epochs: n },
+        ));
+    }
+    if let Some(epoch) = resumed_from {
+        report(&format!(
+            "resuming after epoch {epoch} from {}",
+            dir.run().display()
+        ));
+        training = training.checkpoint(epoch);
+    }
+    let train_start = Instant::now();
+    let result = training.launch(Learner::new(model, optim.into(), lr));
+    let train_s = train_start.elapsed().as_secs_f64();
+    if let Some((step, value)) = guard.non_finite() {
+        return Err(TrainError::NonFinite {
+            step,
+            value,
+            lr: config.lr,
+        });
+    }
+    if let Some(e) = result.error {
+        return Err(TrainError::Training(e.to_string()));
+    }
+    let epochs_done = dir.last_checkpoint().unwrap_or(config.epochs).max(done);
+    let trained = result.model.model;
+
+    // Final evaluation on the inner device, then the files.
+    let metrics_eval = evaluate(
+        &trained,
+        &prepared.eval,
+        prepared.tokenizer_pad,
+        config.batch_size * 2,
+    );
+    let tokens: usize = prepared.train.iter().map(|i| i.encoded.ids.len()).sum();
+    let epochs_here = epochs_done.saturating_sub(done).max(1);
+    let mut trained = trained;
+    match config.method {
+        Method::Full => {
+            let snapshot = LoadedModel::Encoder {
+                config: gralora_models::BertConfig::from_file(source_config(&source)?)?,
+                model: trained.bert.clone(),
+                tokenizer,
+            };
+            snapshot.write_snapshot(&source, &out.join("model"))?;
+        }
+        _ => gralora::save_peft(&mut trained.bert, out, Some(&config.model))?,
+    }
+    save_head(&trained, &dir.head())?;
+    let metrics = RunMetrics {
+        task: task.name().into(),
+        method: config.method,
+        model: config.model.clone(),
+        device: format!("{device:?}"),
+        train_split: train_name.into(),
+        train_examples: prepared.train.len(),
+        eval_split: eval_name.into(),
+        eval: metrics_eval,
+        epochs: epochs_done,
+        trainable_params: trainable,
+        wall_s: started.elapsed().as_secs_f64(),
+        train_s,
+        tokens_per_s: (tokens * epochs_here) as f64 / train_s.max(1e-9),
+        peak_rss_mb: peak_rss_mib(),
+        resumed_from_epoch: resumed_from,
+        seed: config.seed,
+    };
+    write_json(&dir.metrics(), &metrics)?;
+    Ok(Finished {
+        metrics,
+        model: trained,
+    })
+}
+
+fn source_config(source: &ModelSource) -> Result<PathBuf> {
+    match source {
+        ModelSource::HfDir(d) => Ok(d.join("config.json")),
+        ModelSource::Gguf(p) => Err(TrainError::Usage(format!(
+            "{}: GGUF decoders cannot be fine-tuned on encoder tasks",
+            p.display()
+        ))),
+    }
+}
+
+/// Evaluate a model (with a `gralora train` output directory: adapter + head) on a task.
+pub fn eval(
+    model_arg: &str,
+    run: Option<&Path>,
+    task: Task,
+    max_len: Option<usize>,
+    max_eval: Option<usize>,
+    batch_size: usize,
+    device: &Device,
+    home: &Path,
+) -> Result<EvalMetrics> {
+    let Some(run) = run else {
+        return Err(TrainError::Usage(format!(
+            "the {} task scores a trained classification head: pass --adapter DIR (a `gralora train` output)",
+            task.name()
+        )));
+    };
+    let dir = RunDir(run.to_path_buf());
+    let saved = dir.read_config().ok();
+    let pooling = match saved.as_ref().map(|c| c.pooling.as_str()) {
+        Some("cls") => Pooling::Cls,
+        _ => Pooling::Mean,
+    };
+    let source = ModelSource::resolve(model_arg, home)?;
+    let mut loaded = LoadedModel::load(&source, device)?;
+    if gralora::is_peft_dir(run) {
+        loaded.model.load_adapter(run)?;
+    }
+    let LoadedModel::Encoder {
+        model: bert,
+        mut tokenizer,
+        ..
+    } = loaded.model
+    else {
+        return Err(TrainError::Usage(format!(
+            "{model_arg} is a decoder; the {} task needs an encoder",
+            task.name()
+        )));
+    };
+    if !dir.head().is_file() {
+        return Err(TrainError::Data {
+            path: dir.head(),
+            msg: "no classification head here; pass the --out directory of a finished `gralora train`".into(),
+        });
+    }
+    let model = load_head(bert, &dir.head(), pooling)?;
+    let max_len = max_len.or(saved.as_ref().map(|c| c.max_len)).unwrap_or(128);
+    let mut data = task.load(home)?;
+    if let Some(n) = max_eval {
+        data.eval.truncate(n.max(1));
+    }
+    let items = tokenize(&mut tokenizer, &data.eval, max_len)?;
+    Ok(evaluate(&model, &items, pad_id(&tokenizer), batch_size))
+}
+
+/// Time whole training steps (forward, backward, AdamW) on fixed random tokens.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepBench {
+    /// Median milliseconds per step.
+    pub ms_per_step: f64,
+    /// Tokens per second at the median.
+    pub tokens_per_s: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mb: Option<f64>,
+    /// Trainable parameters.
+    pub trainable_params: usize,
+    /// Every timed step, ms.
+    pub steps_ms: Vec<f64>,
+}
+
+/// Benchmark `iters` training steps (after `warmup` untimed ones) of `bert` with a head,
+/// adapted as `config` says, on `[batch, seq_len]` random tokens.
+pub fn bench_step(
+    bert: Bert,
+    config: &TrainConfig,
+    batch: usize,
+    seq_len: usize,
+    warmup: usize,
+    iters: usize,
+    device: &Device,
+) -> Result<StepBench> {
+    use burn::optim::GradientsParams;
+    config.validate()?;
+    let ad = device.clone().autodiff();
+    device.seed(config.seed);
+    ad.seed(config.seed);
+    let vocab = bert.word_embeddings.weight.dims()[0];
+    let bert = trainable_encoder(bert, config.method);
+    let mut clf = BertClassifier::new(bert, 2, config.pooling()?, 0.0);
+    match config.adapter()? {
+        Some(a) => {
+            attach_adapters(
+                &mut clf,
+                &AdaptOptions::new(a, Targets::names(config.targets.clone())),
+            )?;
+        }
+        None => {}
+    }
+    let mut model = TextClassifier::new(clf, 1.0, LossGuard::default());
+    let trainable = model.num_params_trainable();
+    let mut optim: burn::optim::ModuleOptimizer = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init()
+        .into();
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let items: Vec<Item> = (0..batch)
+        .map(|i| Item {
+            encoded: gralora_models::Encoded {
+                ids: (0..seq_len)
+                    .map(|_| rng.random_range(1000..vocab as u32))
+                    .collect(),
+                type_ids: vec![0; seq_len],
+            },
+            label: i % 2,
+        })
+        .collect();
+    let refs: Vec<&Item> = items.iter().collect();
+    let mut times = Vec::new();
+    for i in 0..warmup + iters {
+        let b = ClassBatch::new(&refs, 0, &ad);
+        let t = Instant::now();
+        let out = model.forward_classification(b);
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        model = optim.step(
+            burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate::from(config.lr),
+            model,
+            grads,
+        );
+        // Wait for the device to finish the step.
+        let _ = model.model.classifier.weight.val().into_data();
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    Ok(StepBench {
+        ms_per_step: median,
+        tokens_per_s: (batch * seq_len) as f64 / (median / 1e3),
+        peak_rss_mb: peak_rss_mib(),
+        trainable_params: trainable,
+        steps_ms: times,
+    })
+}

@@ -1,0 +1,497 @@
+//! The trainer: data loaders on committed excerpts (expected values computed by
+//! scripts/data_excerpts.py with pyarrow and Python's own parsing), training on Flex lowers the
+//! loss, a SIGKILLed run resumed with --resume ends where an uninterrupted run ends, bad inputs.
+//!
+//! Training tests need the MiniLM asset; they skip when it is not fetched, unless
+//! `GRALORA_REQUIRE_ASSETS=1` (CI).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use gralora_train::data::{self, Task};
+use gralora_train::train::{Method, RunMetrics, TrainConfig, evaluate, pad_id, tokenize, train};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/data")
+}
+
+fn expected() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gralora-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// A GRALORA_HOME with the data excerpts and (linked) the real MiniLM, or None to skip.
+fn excerpt_home(name: &str) -> Option<PathBuf> {
+    let real = gralora_models::assets::home().join("minilm");
+    if !real.join("model.safetensors").is_file() {
+        if std::env::var("GRALORA_REQUIRE_ASSETS").as_deref() == Ok("1") {
+            panic!(
+                "GRALORA_REQUIRE_ASSETS=1 but minilm is not fetched; run `gralora fetch minilm`"
+            );
+        }
+        eprintln!("skipped: minilm not fetched (gralora fetch minilm)");
+        return None;
+    }
+    let home = tmp_dir(name);
+    copy_tree(&fixtures(), &home);
+    std::os::unix::fs::symlink(&real, home.join("minilm")).unwrap();
+    Some(home)
+}
+
+fn labels(v: &[data::Example]) -> Vec<u64> {
+    v.iter().map(|e| e.label as u64).collect()
+}
+
+fn json_u64s(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+// ---------------------------------------------------------------- data
+
+#[test]
+fn sst2_loaders_match_the_python_reading() {
+    let exp = expected();
+    let home = fixtures();
+    let dev = data::read_sst2_arrow(&home.join(data::SST2_DEV)).unwrap();
+    assert_eq!(dev.len() as u64, exp["sst2_dev"]["count"].as_u64().unwrap());
+    assert_eq!(labels(&dev), json_u64s(&exp["sst2_dev"]["labels"]));
+    assert_eq!(dev[0].a, exp["sst2_dev"]["first"].as_str().unwrap());
+
+    let rt = data::read_rotten_tomatoes(&home.join(data::RT_FILE)).unwrap();
+    let e = &exp["rt"];
+    assert_eq!(rt.len() as u64, e["train_before_overlap"].as_u64().unwrap());
+    assert_eq!(
+        e["rated_lines"].as_u64().unwrap() - e["zero_ratings"].as_u64().unwrap(),
+        rt.len() as u64,
+        "zero ratings are dropped"
+    );
+    let data = Task::Sst2.load(&home).unwrap();
+    assert_eq!(
+        data.train.len() as u64,
+        e["train_after_overlap"].as_u64().unwrap()
+    );
+    assert_eq!(
+        data.train.iter().filter(|x| x.label == 1).count() as u64,
+        e["positives_after_overlap"].as_u64().unwrap()
+    );
+    // No evaluation sentence survives in training, even with different punctuation and case.
+    let held: Vec<String> = data.eval.iter().map(|x| data::normalise(&x.a)).collect();
+    assert!(
+        data.train
+            .iter()
+            .all(|x| !held.contains(&data::normalise(&x.a)))
+    );
+    assert!(
+        data.train.len() < rt.len(),
+        "the excerpt contains dev sentences to remove"
+    );
+}
+
+#[test]
+fn pair_task_loaders_match_the_python_reading() {
+    let exp = expected();
+    let home = fixtures();
+    for (file, key) in [
+        (data::SNLI_TRAIN, "snli_1.0_train_subset.jsonl"),
+        (data::SNLI_TEST, "snli_1.0_test.jsonl"),
+    ] {
+        let v = data::read_snli(&home.join(file)).unwrap();
+        assert_eq!(labels(&v), json_u64s(&exp["snli"][key]), "{file}");
+        assert!(v.iter().all(|x| x.b.is_some()));
+    }
+    for (file, key) in [
+        (data::BOOLQ_TRAIN, "train_rc_5shot"),
+        (data::BOOLQ_VAL, "val_rc_5shot"),
+    ] {
+        let v = data::read_boolq(&home.join(file)).unwrap();
+        assert_eq!(
+            labels(&v),
+            json_u64s(&exp["boolq"][key]["labels"]),
+            "{file}: one example per doc"
+        );
+        assert_eq!(
+            v[0].a,
+            exp["boolq"][key]["first_question"].as_str().unwrap()
+        );
+        assert!(
+            v[0].b.as_ref().unwrap().starts_with("Persian language") || key != "train_rc_5shot"
+        );
+    }
+}
+
+#[test]
+fn real_sst2_dev_set_has_the_glue_counts() {
+    let home = gralora_models::assets::home();
+    let path = home.join(data::SST2_DEV);
+    if !path.is_file() {
+        if std::env::var("GRALORA_REQUIRE_ASSETS").as_deref() == Ok("1") {
+            panic!("GRALORA_REQUIRE_ASSETS=1 but glue is not fetched");
+        }
+        eprintln!("skipped: glue not fetched");
+        return;
+    }
+    let exp = expected();
+    let dev = data::read_sst2_arrow(&path).unwrap();
+    assert_eq!(
+        dev.len() as u64,
+        exp["sst2_full_dev"]["count"].as_u64().unwrap()
+    );
+    assert_eq!(
+        dev.iter().filter(|x| x.label == 1).count() as u64,
+        exp["sst2_full_dev"]["positives"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn bad_data_files_are_clear_errors() {
+    let dir = tmp_dir("bad-data");
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "id\tsentiment\ttext\n").unwrap();
+    let e = data::read_rotten_tomatoes(&empty).unwrap_err().to_string();
+    assert!(
+        e.contains("empty.txt") && e.contains("no usable examples"),
+        "{e}"
+    );
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, "id\tsentiment\ttext\n1\tgreat\tA film.\n").unwrap();
+    let e = data::read_rotten_tomatoes(&bad).unwrap_err().to_string();
+    assert!(e.contains("line 2") && e.contains("not a number"), "{e}");
+    let e = data::read_sst2_arrow(&bad).unwrap_err().to_string();
+    assert!(e.contains("not an Arrow IPC stream"), "{e}");
+    let e = data::read_snli(&dir.join("missing.jsonl"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gralora fetch"), "{e}");
+    let e = "mnli".parse::<Task>().unwrap_err().to_string();
+    assert!(
+        e.contains("unknown task `mnli`") && e.contains("sst2"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------- training
+
+fn small_config(method: Method) -> TrainConfig {
+    let mut c = TrainConfig::new("minilm", "sst2", method);
+    c.rank = 8;
+    c.alpha = 16.0;
+    c.k = 2;
+    c.targets = vec!["query".into(), "value".into()];
+    c.epochs = 2;
+    c.batch_size = 8;
+    c.max_len = 48;
+    c.lr = 2e-3;
+    c.max_train = Some(96);
+    c.head_dropout = 0.0;
+    c
+}
+
+#[test]
+fn a_few_gralora_steps_on_flex_lower_the_loss_and_write_a_complete_run() {
+    let Some(home) = excerpt_home("lowers") else {
+        return;
+    };
+    let device = burn::tensor::Device::flex();
+    let config = small_config(Method::Gralora);
+    // The untrained model: the base encoder and a fresh head (adapters start as zero updates).
+    let (_, bert) = gralora_models::Bert::from_dir(home.join("minilm"), &device).unwrap();
+    let mut tok =
+        gralora_models::TextTokenizer::from_file(home.join("minilm/tokenizer.json")).unwrap();
+    let data = Task::Sst2.load(&home).unwrap();
+    let items = tokenize(&mut tok, &data.eval, config.max_len).unwrap();
+    let train_items = tokenize(&mut tok, &data.train, config.max_len).unwrap();
+    let fresh = gralora_models::BertClassifier::new(bert, 2, gralora_models::Pooling::Mean, 0.0);
+    let before = evaluate(&fresh, &items, pad_id(&tok), 16);
+    let before_train = evaluate(&fresh, &train_items, pad_id(&tok), 16);
+
+    let out = home.join("run");
+    let done = train(&config, &out, false, &device, &home, &mut |_| {}).unwrap();
+    let m = &done.metrics;
+    let after_train = evaluate(&done.model, &train_items, pad_id(&tok), 16);
+    assert!(
+        after_train.loss < before_train.loss - 0.03,
+        "training-set loss {} -> {}",
+        before_train.loss,
+        after_train.loss
+    );
+    assert!(
+        m.eval.loss < before.loss,
+        "eval loss {} -> {}",
+        before.loss,
+        m.eval.loss
+    );
+    assert!(m.eval.accuracy > 0.6, "eval accuracy {}", m.eval.accuracy);
+    assert_eq!(m.eval.examples, items.len());
+    assert_eq!(m.train_examples, 96);
+    assert_eq!(m.epochs, 2);
+    assert!(m.tokens_per_s > 0.0 && m.peak_rss_mb.unwrap() > 0.0);
+    // The run directory: PEFT adapter, head, config, metrics.
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "classifier.safetensors",
+        "train_config.json",
+        "metrics.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let peft: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(peft["peft_type"], "GRALORA");
+    assert_eq!(peft["gralora_k"], 2);
+    // eval reloads adapter + head and reproduces the final metrics.
+    let again = gralora_train::train::eval(
+        "minilm",
+        Some(&out),
+        Task::Sst2,
+        None,
+        None,
+        16,
+        &device,
+        &home,
+    )
+    .unwrap();
+    assert_eq!(again.examples, m.eval.examples);
+    assert!((again.accuracy - m.eval.accuracy).abs() < 1e-9);
+    assert!(
+        (again.loss - m.eval.loss).abs() < 1e-4,
+        "{} vs {}",
+        again.loss,
+        m.eval.loss
+    );
+    // A second run into the same directory is refused, nothing overwritten.
+    let e = train(&config, &out, false, &device, &home, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not empty"), "{e}");
+}
+
+fn gralora(args: &[&str], home: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gralora"))
+        .args(args)
+        .env("GRALORA_HOME", home)
+        .output()
+        .unwrap()
+}
+
+fn metrics(dir: &Path) -> RunMetrics {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_sigkilled_run_resumed_ends_like_an_uninterrupted_one() {
+    let Some(home) = excerpt_home("resume") else {
+        return;
+    };
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            "minilm",
+            "--task",
+            "sst2",
+            "--method",
+            "lora",
+            "--rank",
+            "8",
+            "--targets",
+            "query,value",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--max-len",
+            "48",
+            "--max-train",
+            "160",
+            "--max-eval",
+            "24",
+            "--lr",
+            "2e-3",
+            "--device",
+            "flex",
+            "--seed",
+            "7",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
+    };
+    let full = home.join("full");
+    let a: Vec<String> = args(&full);
+    let o = gralora(&a.iter().map(String::as_str).collect::<Vec<_>>(), &home);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The same run, killed with SIGKILL once epoch 1's checkpoint exists (so in epoch 2).
+    let cut = home.join("cut");
+    let a = args(&cut);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gralora"))
+        .args(&a)
+        .env("GRALORA_HOME", &home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = cut.join("run/checkpoint");
+    let start = Instant::now();
+    loop {
+        let done = ["model", "optim", "scheduler"]
+            .iter()
+            .all(|n| ckpt.join(format!("{n}-1.bpk")).is_file());
+        if done {
+            std::thread::sleep(Duration::from_millis(300));
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(start.elapsed() < Duration::from_secs(600));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !cut.join("metrics.json").exists(),
+        "a killed run must not look complete"
+    );
+    assert!(!cut.join("run/checkpoint/model-3.bpk").exists());
+
+    let o = gralora(
+        &[
+            "train",
+            "--out",
+            cut.to_str().unwrap(),
+            "--resume",
+            "--device",
+            "flex",
+        ],
+        &home,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (x, y) = (metrics(&full), metrics(&cut));
+    assert_eq!(y.resumed_from_epoch, Some(1));
+    assert_eq!(x.epochs, 3);
+    assert_eq!(y.epochs, 3);
+    assert_eq!(x.eval.accuracy, y.eval.accuracy);
+    assert!(
+        (x.eval.loss - y.eval.loss).abs() < 1e-5,
+        "{} vs {}",
+        x.eval.loss,
+        y.eval.loss
+    );
+    // And the adapters are the same tensors.
+    let ta = std::fs::read(full.join("adapter_model.safetensors")).unwrap();
+    let tb = std::fs::read(cut.join("adapter_model.safetensors")).unwrap();
+    let (sa, sb) = (
+        safetensors::SafeTensors::deserialize(&ta).unwrap(),
+        safetensors::SafeTensors::deserialize(&tb).unwrap(),
+    );
+    for (name, view) in sa.tensors() {
+        let other = sb.tensor(&name).unwrap();
+        let (p, q): (Vec<f32>, Vec<f32>) = (
+            view.data()
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            other
+                .data()
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        );
+        let d = p
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "{name}: max diff {d}");
+    }
+}
+
+#[test]
+fn bad_training_arguments_are_one_line_errors() {
+    let home = tmp_dir("bad-args");
+    let out = home.join("out");
+    let o_str = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "train", "--model", "minilm", "--task", "mnli", "--out", o_str,
+            ],
+            "unknown task `mnli`",
+        ),
+        (
+            vec![
+                "train", "--model", "minilm", "--task", "sst2", "--rank", "6", "--k", "4", "--out",
+                o_str,
+            ],
+            "divisible",
+        ),
+        (
+            vec![
+                "train", "--model", "minilm", "--task", "sst2", "--method", "dora", "--out", o_str,
+            ],
+            "unknown method",
+        ),
+        (
+            vec!["train", "--out", o_str, "--resume"],
+            "no run to resume",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = gralora(&args, &home);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        assert!(!out.exists(), "{args:?} left {o_str} behind");
+    }
+    // Missing assets and no way to fetch them: one line saying what to do.
+    let o = Command::new(env!("CARGO_BIN_EXE_gralora"))
+        .args([
+            "train", "--model", "minilm", "--task", "sst2", "--out", o_str,
+        ])
+        .env("GRALORA_HOME", &home)
+        .env("GRALORA_PYTHON", "/nonexistent/python3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.lines().last().unwrap().starts_with("error:"), "{err}");
+    assert!(!out.exists());
+}
