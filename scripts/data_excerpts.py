@@ -76,7 +76,29 @@ for split in ["train_rc_5shot", "val_rc_5shot"]:
         questions.append(d["query"].rsplit("\nQuestion:", 1)[1].rsplit("Answer:", 1)[0].strip())
     boolq[split] = {"labels": labels, "first_question": questions[0]}
 
+# Decoder tasks: ARC-Easy and WinoGrande validation requests (one line per choice).
+mc = {}
+for task, n in [("arc_easy", 16), ("winogrande", 8)]:
+    rel = f"commonsense/{task}/val_rc_5shot/requests.jsonl.gz"
+    rows = excerpt_lines(os.path.join(home, rel), os.path.join(out, rel), n, gz=True)
+    docs, seen = [], set()
+    for r in rows:
+        if r["doc_id"] in seen:
+            continue
+        seen.add(r["doc_id"])
+        d = r["doc"]
+        if task == "winogrande":
+            before, after = d["sentence"].split("_", 1)
+            docs.append({"gold": int(d["answer"]) - 1,
+                         "contexts": [before + d["option1"], before + d["option2"]],
+                         "continuation": " " + after.strip()})
+        else:
+            docs.append({"gold": d["gold"], "contexts": [d["query"]],
+                         "continuation": " " + d["choices"][d["gold"]].strip()})
+    mc[task] = docs
+
 expected = {
+    "mc": mc,
     "sst2_dev": {"count": len(dev_rows), "labels": [r["label"] for r in dev_rows],
                  "first": dev_rows[0]["sentence"].strip()},
     "sst2_full_dev": {"count": len(full_dev), "positives": sum(r["label"] for r in full_dev)},

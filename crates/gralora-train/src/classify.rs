@@ -77,7 +77,7 @@ impl LossGuard {
         *self.bad.lock().expect("loss guard lock")
     }
 
-    fn check(&self, loss: f32) {
+    pub(crate) fn check(&self, loss: f32) {
         let step = self.steps.fetch_add(1, Ordering::Relaxed) + 1;
         if !loss.is_finite() {
             let mut bad = self.bad.lock().expect("loss guard lock");
@@ -89,6 +89,21 @@ impl LossGuard {
             }
         }
     }
+}
+
+/// Number of parameters of `module` that receive gradients.
+pub fn trainable_params<M: Module>(module: &M) -> usize {
+    struct Count(usize);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0 += param.shape().num_elements();
+            }
+        }
+    }
+    let mut c = Count(0);
+    module.visit(&mut c);
+    c.0
 }
 
 /// An encoder classifier as burn-train trains it.
@@ -115,17 +130,7 @@ impl TextClassifier {
 
     /// Parameters that receive gradients.
     pub fn num_params_trainable(&self) -> usize {
-        struct Count(usize);
-        impl burn::module::ModuleVisitor for Count {
-            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-                if param.is_require_grad() {
-                    self.0 += param.shape().num_elements();
-                }
-            }
-        }
-        let mut c = Count(0);
-        self.visit(&mut c);
-        c.0
+        trainable_params(self)
     }
 
     /// Logits, loss and targets of one batch.

@@ -69,11 +69,9 @@ struct AdapterArgs {
     #[arg(long, default_value_t = 0.0)]
     dropout: f64,
     /// Linear layers to adapt, by module name (PEFT's target_modules), comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "query,key,value,attention.output.dense,intermediate.dense,output.dense"
-    )]
+    /// Default: every linear layer of the blocks (BERT: query,key,value,attention.output.dense,
+    /// intermediate.dense,output.dense; Llama: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).
+    #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
 }
 
@@ -82,7 +80,8 @@ struct TrainArgs {
     /// Model: an alias (minilm) or a Hugging Face BERT-family snapshot directory.
     #[arg(long, required_unless_present = "resume")]
     model: Option<String>,
-    /// Task: sst2, snli or boolq.
+    /// Task: sst2, snli, boolq (encoders); boolq, piqa, siqa, hellaswag, winogrande, arc-e, arc-c,
+    /// obqa or commonsense (all eight) for decoders.
     #[arg(long, required_unless_present = "resume")]
     task: Option<String>,
     /// lora, gralora or full.
@@ -256,6 +255,11 @@ struct InferArgs {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Mesa's Vulkan drivers print an error line when probing adapters without it; gralora
+        // itself never reads it. Safety: no other thread exists yet.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Fetch(args) => fetch(args),
@@ -288,7 +292,7 @@ fn fetch(args: FetchArgs) -> Result<(), Error> {
 
 /// Fetch what a command needs: the model alias's asset if its directory is missing, the task's
 /// assets if any of its files is missing (files put in place by hand are used as they are).
-fn fetch_missing(model: &str, task: Option<Task>) -> Result<(), Error> {
+fn fetch_missing(model: &str, task: Option<&str>) -> Result<(), Error> {
     let home = assets::home();
     let mut list = Vec::new();
     if let Some(name) = model_asset(model) {
@@ -296,11 +300,23 @@ fn fetch_missing(model: &str, task: Option<Task>) -> Result<(), Error> {
             list.push(assets::find(name)?);
         }
     }
-    if let Some(task) = task {
-        if task.files().iter().any(|f| !home.join(f).is_file()) {
-            for name in task.assets() {
-                list.push(assets::find(name)?);
-            }
+    let (files, names): (Vec<String>, Vec<&str>) = match task {
+        None => (Vec::new(), Vec::new()),
+        Some(t) => match (t.parse::<Task>(), gralora_train::lm::mc_tasks(t)) {
+            (Ok(task), _) => (
+                task.files().iter().map(|f| f.to_string()).collect(),
+                task.assets().to_vec(),
+            ),
+            (_, Ok(tasks)) => (
+                tasks.iter().flat_map(|t| t.files()).collect(),
+                vec!["commonsense"],
+            ),
+            (Err(e), _) => return Err(e.into()),
+        },
+    };
+    if files.iter().any(|f| !home.join(f).is_file()) {
+        for name in names {
+            list.push(assets::find(name)?);
         }
     }
     fetch_list(list, false)
@@ -404,13 +420,12 @@ fn train(args: TrainArgs) -> Result<(), Error> {
         c
     };
     config.validate()?;
-    let task = config.task()?;
-    fetch_missing(&config.model, Some(task))?;
+    fetch_missing(&config.model, Some(&config.task))?;
     let device = gralora::device::select(&args.device)?;
     eprintln!(
         "training {} on {} with {:?} on {}",
         config.model,
-        task.name(),
+        config.task,
         config.method,
         device_name(&device)
     );
@@ -447,14 +462,13 @@ fn train(args: TrainArgs) -> Result<(), Error> {
 }
 
 fn eval(args: EvalArgs) -> Result<(), Error> {
-    let task: Task = args.task.parse()?;
-    fetch_missing(&args.model, Some(task))?;
+    fetch_missing(&args.model, Some(&args.task))?;
     let device = gralora::device::select(&args.device)?;
     let start = Instant::now();
     let m = gralora_train::train::eval(
         &args.model,
         args.adapter.as_deref(),
-        task,
+        &args.task,
         args.max_len,
         args.max_eval,
         64,
@@ -463,12 +477,12 @@ fn eval(args: EvalArgs) -> Result<(), Error> {
     )?;
     if args.json {
         let mut v = serde_json::to_value(m)?;
-        v["task"] = json!(task.name());
+        v["task"] = json!(args.task);
         println!("{v}");
     } else {
         println!(
             "{} accuracy {:.4}{} loss {:.4} ({} examples, {:.1} s)",
-            task.name(),
+            args.task,
             m.accuracy,
             m.f1.map(|f| format!(", F1 {f:.4}")).unwrap_or_default(),
             m.loss,

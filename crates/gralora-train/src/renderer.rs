@@ -70,7 +70,7 @@ impl LineRenderer {
         } else {
             &self.train
         };
-        let metrics: Vec<String> = list.iter().map(|(_, v)| v.clone()).collect();
+        let metrics: Vec<String> = list.iter().map(|(n, v)| format!("{n} {v}")).collect();
         let secs = self.started.elapsed().as_secs_f64();
         eprintln!(
             "epoch {}/{} {:<5} {:>6}/{:<6} {:>6.1} ex/s | {}",

@@ -84,7 +84,8 @@ pub struct TrainConfig {
     pub alpha: f64,
     /// Dropout on the adapter input.
     pub dropout: f64,
-    /// Target module names (PEFT's `target_modules`).
+    /// Target module names (PEFT's `target_modules`); empty: every linear layer of the blocks
+    /// ([`ENCODER_TARGETS`] or [`DECODER_TARGETS`]).
     pub targets: Vec<String>,
     /// Epochs.
     pub epochs: usize,
@@ -116,7 +117,35 @@ pub struct TrainConfig {
     pub pooling: String,
 }
 
+/// Default targets for BERT-family encoders: all six linear layers of every block.
+pub const ENCODER_TARGETS: &[&str] = &[
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+/// Default targets for Llama-family decoders: all seven linear layers of every block.
+pub const DECODER_TARGETS: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
 impl TrainConfig {
+    fn targets_or(&self, default: &[&str]) -> Targets {
+        if self.targets.is_empty() {
+            Targets::names(default.iter().map(|s| s.to_string()))
+        } else {
+            Targets::names(self.targets.clone())
+        }
+    }
+
     /// Defaults for `method` on `task` (PEFT's r = 32, alpha = 64, k = 2).
     pub fn new(model: &str, task: &str, method: Method) -> Self {
         Self {
@@ -190,7 +219,15 @@ impl TrainConfig {
 
     /// Check everything that can be checked before loading anything.
     pub fn validate(&self) -> Result<()> {
-        self.task()?;
+        let name = self.task.to_ascii_lowercase();
+        if self.task().is_err() && crate::lm::mc_tasks(&name).is_err() {
+            return Err(TrainError::Usage(format!(
+                "unknown task `{}`; encoder tasks: {}; decoder tasks: {}",
+                self.task,
+                crate::data::TASKS.join(", "),
+                crate::lm::MC_TASKS.join(", ")
+            )));
+        }
         self.pooling()?;
         self.adapter()?;
         let usage = |m: String| Err(TrainError::Usage(m));
@@ -217,9 +254,6 @@ impl TrainConfig {
                 "--max-len {} is too short (at least 8)",
                 self.max_len
             ));
-        }
-        if self.targets.is_empty() && self.method != Method::Full {
-            return usage("--targets is empty; name at least one linear layer".into());
         }
         Ok(())
     }
@@ -269,6 +303,9 @@ pub struct RunMetrics {
     pub tokens_per_s: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mb: Option<f64>,
+    /// Accuracy of the untrained model on the same evaluation examples (decoder tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_accuracy: Option<f64>,
     /// Whether the run was resumed from a checkpoint.
     pub resumed_from_epoch: Option<usize>,
     /// The seed.
@@ -382,15 +419,15 @@ pub fn b_param_ids<M: AdapterHost>(model: &mut M) -> Vec<ParamId> {
 
 /// The encoder in training mode (autodiff on): every weight trainable for full fine-tuning,
 /// all frozen otherwise (adapters attached afterwards are the only trainable encoder weights).
-fn trainable_encoder(bert: Bert, method: Method) -> Bert {
-    let bert = bert.train();
+pub(crate) fn trainable<M: Module>(model: M, method: Method) -> M {
+    let bert = model.train();
     match method {
         Method::Full => bert.set_require_grad(true),
         _ => bert.no_grad(),
     }
 }
 
-fn schedule(lr: f64, warmup: usize, total: usize) -> LrSchedulerConfig {
+pub(crate) fn schedule(lr: f64, warmup: usize, total: usize) -> LrSchedulerConfig {
     let cosine = CosineAnnealingLrSchedulerConfig::new(lr, (total - warmup).max(1));
     if warmup == 0 {
         return cosine.into();
@@ -408,15 +445,26 @@ fn schedule(lr: f64, warmup: usize, total: usize) -> LrSchedulerConfig {
 /// Progress lines for the caller to print (the library prints nothing).
 pub type Report<'a> = &'a mut dyn FnMut(&str);
 
-/// A finished run: its metrics and the trained model.
+/// A finished run: its metrics and, for encoders, the trained classifier.
 pub struct Finished {
     /// What was written to `metrics.json`.
     pub metrics: RunMetrics,
-    /// The trained classifier (inference mode).
-    pub model: BertClassifier,
+    /// The trained classifier (inference mode); `None` for decoders.
+    pub model: Option<BertClassifier>,
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+/// What a training function needs besides the model.
+pub(crate) struct Run<'a> {
+    pub config: &'a TrainConfig,
+    pub out: &'a Path,
+    pub dir: RunDir,
+    pub resumed_from: Option<usize>,
+    pub started: Instant,
+    pub device: &'a Device,
+    pub home: &'a Path,
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("serialisable");
     gralora::io::write_atomic(path, text.as_bytes()).map_err(|e| TrainError::io(path, e))
 }
@@ -611,23 +659,36 @@ pub fn train(
         }
         None
     };
-    let task = config.task()?;
-
     // Model, tokenizer and data.
     let source = ModelSource::resolve(&config.model, home)?;
     let loaded = LoadedModel::load(&source, device)?;
-    let LoadedModel::Encoder {
-        model: bert,
-        mut tokenizer,
-        ..
-    } = loaded.model
-    else {
-        return Err(TrainError::Usage(format!(
-            "{} is a decoder; the {} task needs an encoder (BERT family), e.g. --model minilm",
-            config.model,
-            task.name()
-        )));
+    let (bert, mut tokenizer) = match loaded.model {
+        LoadedModel::Encoder {
+            model, tokenizer, ..
+        } => (model, tokenizer),
+        LoadedModel::Decoder {
+            model, tokenizer, ..
+        } => {
+            let run = Run {
+                config,
+                out,
+                dir,
+                resumed_from,
+                started,
+                device,
+                home,
+            };
+            return crate::lm::train_decoder(run, model, tokenizer, report);
+        }
     };
+    let task = config.task().map_err(|_| {
+        TrainError::Usage(format!(
+            "{} is an encoder; the task `{}` is for decoders (e.g. --model smollm2); encoder tasks: {}",
+            config.model,
+            config.task,
+            crate::data::TASKS.join(", ")
+        ))
+    })?;
     let prepared = prepare(config, home, &mut tokenizer)?;
     let (train_name, eval_name) = task.split_names();
     report(&format!(
@@ -646,7 +707,7 @@ pub fn train(
     let ad = device.clone().autodiff();
     device.seed(config.seed);
     ad.seed(config.seed);
-    let bert = trainable_encoder(bert, config.method);
+    let bert = trainable(bert, config.method);
     let mut clf = BertClassifier::new(
         bert,
         task.num_classes(),
@@ -656,7 +717,7 @@ pub fn train(
     let mut b_ids = Vec::new();
     match config.adapter()? {
         Some(adapter) => {
-            let options = AdaptOptions::new(adapter, Targets::names(config.targets.clone()));
+            let options = AdaptOptions::new(adapter, config.targets_or(ENCODER_TARGETS));
             let r = attach_adapters(&mut clf, &options)?;
             report(format!("{r}").lines().last().unwrap_or_default());
             b_ids = b_param_ids(&mut clf);
@@ -790,13 +851,14 @@ pub fn train(
         train_s,
         tokens_per_s: (tokens * epochs_here) as f64 / train_s.max(1e-9),
         peak_rss_mb: peak_rss_mib(),
+        baseline_accuracy: None,
         resumed_from_epoch: resumed_from,
         seed: config.seed,
     };
     write_json(&dir.metrics(), &metrics)?;
     Ok(Finished {
         metrics,
-        model: trained,
+        model: Some(trained),
     })
 }
 
@@ -814,13 +876,51 @@ fn source_config(source: &ModelSource) -> Result<PathBuf> {
 pub fn eval(
     model_arg: &str,
     run: Option<&Path>,
-    task: Task,
+    task_name: &str,
     max_len: Option<usize>,
     max_eval: Option<usize>,
     batch_size: usize,
     device: &Device,
     home: &Path,
 ) -> Result<EvalMetrics> {
+    let saved = run.and_then(|r| RunDir(r.to_path_buf()).read_config().ok());
+    let source = ModelSource::resolve(model_arg, home)?;
+    let mut loaded = LoadedModel::load(&source, device)?;
+    if let Some(run) = run {
+        if gralora::is_peft_dir(run) {
+            loaded.model.load_adapter(run)?;
+        }
+    }
+    let max_len = max_len.or(saved.as_ref().map(|c| c.max_len));
+    let (bert, mut tokenizer) = match loaded.model {
+        LoadedModel::Encoder {
+            model, tokenizer, ..
+        } => (model, tokenizer),
+        LoadedModel::Decoder {
+            model, tokenizer, ..
+        } => {
+            let tasks = crate::lm::mc_tasks(task_name)?;
+            let (_, val) = crate::lm::load(&tasks, home)?;
+            let mut val = val;
+            if let Some(n) = max_eval {
+                if tasks.len() > 1 && n < val.len() {
+                    use rand::SeedableRng;
+                    use rand::seq::SliceRandom;
+                    let seed = saved.as_ref().map_or(42, |c| c.seed);
+                    val.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+                }
+                val.truncate(n.max(1));
+            }
+            return crate::lm::evaluate_mc(
+                &model,
+                &tokenizer,
+                &val,
+                max_len.unwrap_or(256),
+                device,
+            );
+        }
+    };
+    let task: Task = task_name.parse()?;
     let Some(run) = run else {
         return Err(TrainError::Usage(format!(
             "the {} task scores a trained classification head: pass --adapter DIR (a `gralora train` output)",
@@ -828,26 +928,9 @@ pub fn eval(
         )));
     };
     let dir = RunDir(run.to_path_buf());
-    let saved = dir.read_config().ok();
     let pooling = match saved.as_ref().map(|c| c.pooling.as_str()) {
         Some("cls") => Pooling::Cls,
         _ => Pooling::Mean,
-    };
-    let source = ModelSource::resolve(model_arg, home)?;
-    let mut loaded = LoadedModel::load(&source, device)?;
-    if gralora::is_peft_dir(run) {
-        loaded.model.load_adapter(run)?;
-    }
-    let LoadedModel::Encoder {
-        model: bert,
-        mut tokenizer,
-        ..
-    } = loaded.model
-    else {
-        return Err(TrainError::Usage(format!(
-            "{model_arg} is a decoder; the {} task needs an encoder",
-            task.name()
-        )));
     };
     if !dir.head().is_file() {
         return Err(TrainError::Data {
@@ -856,12 +939,11 @@ pub fn eval(
         });
     }
     let model = load_head(bert, &dir.head(), pooling)?;
-    let max_len = max_len.or(saved.as_ref().map(|c| c.max_len)).unwrap_or(128);
     let mut data = task.load(home)?;
     if let Some(n) = max_eval {
         data.eval.truncate(n.max(1));
     }
-    let items = tokenize(&mut tokenizer, &data.eval, max_len)?;
+    let items = tokenize(&mut tokenizer, &data.eval, max_len.unwrap_or(128))?;
     Ok(evaluate(&model, &items, pad_id(&tokenizer), batch_size))
 }
 
@@ -897,13 +979,13 @@ pub fn bench_step(
     device.seed(config.seed);
     ad.seed(config.seed);
     let vocab = bert.word_embeddings.weight.dims()[0];
-    let bert = trainable_encoder(bert, config.method);
+    let bert = trainable(bert, config.method);
     let mut clf = BertClassifier::new(bert, 2, config.pooling()?, 0.0);
     match config.adapter()? {
         Some(a) => {
             attach_adapters(
                 &mut clf,
-                &AdaptOptions::new(a, Targets::names(config.targets.clone())),
+                &AdaptOptions::new(a, config.targets_or(ENCODER_TARGETS)),
             )?;
         }
         None => {}

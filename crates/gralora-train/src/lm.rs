@@ -1,0 +1,747 @@
+//! Decoder tasks: the commonsense suite as multiple choice. Training uses the causal-LM loss on
+//! the gold answer after the prompt (the loss is masked to the answer tokens); evaluation picks
+//! the choice with the highest per-token-normalised log-likelihood.
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::data::dataset::DatasetError;
+use burn::module::Module;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, ExecutionError, Int, Tensor, TensorData};
+use burn::train::metric::{Adaptor, ItemLazy, LossInput};
+use burn::train::{InferenceStep, TrainOutput, TrainStep};
+use gralora_models::{Llama, TextTokenizer};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::Deserialize;
+
+use crate::classify::LossGuard;
+use crate::error::{Result, TrainError};
+
+/// A multiple-choice task of the commonsense suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McTask {
+    /// BoolQ (yes/no after a passage).
+    Boolq,
+    /// PIQA.
+    Piqa,
+    /// Social IQa.
+    Siqa,
+    /// HellaSwag.
+    Hellaswag,
+    /// WinoGrande (partial evaluation: the option fills the blank, the rest is scored).
+    Winogrande,
+    /// ARC-Easy.
+    ArcE,
+    /// ARC-Challenge.
+    ArcC,
+    /// OpenBookQA.
+    Obqa,
+}
+
+/// Names `--task` accepts for decoders (`commonsense` = all eight mixed).
+pub const MC_TASKS: &[&str] = &[
+    "boolq",
+    "piqa",
+    "siqa",
+    "hellaswag",
+    "winogrande",
+    "arc-e",
+    "arc-c",
+    "obqa",
+    "commonsense",
+];
+
+impl FromStr for McTask {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "boolq" => Self::Boolq,
+            "piqa" => Self::Piqa,
+            "siqa" | "socialiqa" => Self::Siqa,
+            "hellaswag" => Self::Hellaswag,
+            "winogrande" => Self::Winogrande,
+            "arc-e" | "arc_easy" | "arc-easy" => Self::ArcE,
+            "arc-c" | "arc_challenge" | "arc-challenge" => Self::ArcC,
+            "obqa" | "openbookqa" => Self::Obqa,
+            other => {
+                return Err(TrainError::Usage(format!(
+                    "unknown decoder task `{other}`; use one of {}",
+                    MC_TASKS.join(", ")
+                )));
+            }
+        })
+    }
+}
+
+impl McTask {
+    /// All eight, in the papers' order.
+    pub const ALL: [McTask; 8] = [
+        Self::Boolq,
+        Self::Piqa,
+        Self::Siqa,
+        Self::Hellaswag,
+        Self::Winogrande,
+        Self::ArcE,
+        Self::ArcC,
+        Self::Obqa,
+    ];
+
+    /// Directory under `commonsense/` in the asset cache.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Self::Boolq => "boolq",
+            Self::Piqa => "piqa",
+            Self::Siqa => "socialiqa",
+            Self::Hellaswag => "hellaswag",
+            Self::Winogrande => "winogrande",
+            Self::ArcE => "arc_easy",
+            Self::ArcC => "arc_challenge",
+            Self::Obqa => "openbookqa",
+        }
+    }
+
+    /// The train and validation files (OLMo's 5-shot requests; only each example's `doc` is used).
+    pub fn files(self) -> [String; 2] {
+        let d = self.dir();
+        [
+            format!("commonsense/{d}/train_rc_5shot/requests.jsonl.gz"),
+            format!("commonsense/{d}/val_rc_5shot/requests.jsonl.gz"),
+        ]
+    }
+}
+
+/// One multiple-choice question: choice i is `contexts[i] + continuations[i]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McExample {
+    /// The prompt of each choice (the same for all but WinoGrande's).
+    pub contexts: Vec<String>,
+    /// The scored text of each choice (leading space included).
+    pub continuations: Vec<String>,
+    /// The right choice.
+    pub gold: usize,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    doc_id: Option<u64>,
+    doc: Doc,
+}
+
+#[derive(Deserialize)]
+struct Doc {
+    query: Option<String>,
+    choices: Option<Vec<String>>,
+    gold: Option<usize>,
+    sentence: Option<String>,
+    option1: Option<String>,
+    option2: Option<String>,
+    answer: Option<String>,
+}
+
+fn data_err(path: &Path, msg: impl std::fmt::Display) -> TrainError {
+    TrainError::Data {
+        path: path.to_path_buf(),
+        msg: msg.to_string(),
+    }
+}
+
+/// Read one task's requests file (one example per document).
+pub fn read_mc(path: &Path) -> Result<Vec<McExample>> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            data_err(path, "file not found (run `gralora fetch commonsense`)")
+        } else {
+            data_err(path, e)
+        }
+    })?;
+    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| data_err(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: Line = serde_json::from_str(&line)
+            .map_err(|e| data_err(path, format!("line {}: {e}", n + 1)))?;
+        if !seen.insert(row.doc_id.unwrap_or(n as u64)) {
+            continue;
+        }
+        let d = row.doc;
+        let bad = || data_err(path, format!("line {}: unexpected document fields", n + 1));
+        let example = if let (Some(s), Some(o1), Some(o2), Some(a)) =
+            (&d.sentence, &d.option1, &d.option2, &d.answer)
+        {
+            let (before, after) = s.split_once('_').ok_or_else(bad)?;
+            let gold = match a.trim() {
+                "1" => 0,
+                "2" => 1,
+                _ => return Err(bad()),
+            };
+            let cont = format!(" {}", after.trim());
+            McExample {
+                contexts: vec![format!("{before}{o1}"), format!("{before}{o2}")],
+                continuations: vec![cont.clone(), cont],
+                gold,
+            }
+        } else {
+            let (q, choices, gold) = match (&d.query, &d.choices, d.gold) {
+                (Some(q), Some(c), Some(g)) if g < c.len() => (q, c, g),
+                _ => return Err(bad()),
+            };
+            McExample {
+                contexts: vec![q.clone(); choices.len()],
+                continuations: choices.iter().map(|c| format!(" {}", c.trim())).collect(),
+                gold,
+            }
+        };
+        out.push(example);
+    }
+    if out.is_empty() {
+        return Err(data_err(path, "holds no usable examples"));
+    }
+    Ok(out)
+}
+
+/// Train and validation examples of `tasks` (several: mixed and shuffled by the loader).
+pub fn load(tasks: &[McTask], home: &Path) -> Result<(Vec<McExample>, Vec<McExample>)> {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let [a, b] = t.files();
+        train.extend(read_mc(&home.join(a))?);
+        val.extend(read_mc(&home.join(b))?);
+    }
+    Ok((train, val))
+}
+
+/// A tokenised training sequence: prompt + gold answer; loss on the answer only.
+#[derive(Debug, Clone)]
+pub struct LmItem {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Index of the first answer token.
+    pub answer_start: usize,
+}
+
+fn encode_choice(
+    tok: &TextTokenizer,
+    context: &str,
+    continuation: &str,
+    max_len: usize,
+) -> Result<(Vec<u32>, usize)> {
+    let mut ids = tok.encode(context, true)?.ids;
+    let cont = tok.encode(continuation, false)?.ids;
+    let cont = &cont[..cont.len().min(max_len / 2).max(1).min(cont.len())];
+    // Keep the end of a long prompt.
+    let room = max_len.saturating_sub(cont.len()).max(1);
+    if ids.len() > room {
+        ids.drain(..ids.len() - room);
+    }
+    let start = ids.len();
+    ids.extend_from_slice(cont);
+    Ok((ids, start))
+}
+
+/// Tokenise the gold choice of each example.
+pub fn training_items(
+    tok: &TextTokenizer,
+    examples: &[McExample],
+    max_len: usize,
+) -> Result<Vec<LmItem>> {
+    examples
+        .iter()
+        .map(|e| {
+            let (ids, answer_start) =
+                encode_choice(tok, &e.contexts[e.gold], &e.continuations[e.gold], max_len)?;
+            Ok(LmItem { ids, answer_start })
+        })
+        .collect()
+}
+
+/// A right-padded batch. Only the answer positions reach the vocabulary projection.
+#[derive(Debug, Clone)]
+pub struct LmBatch {
+    /// `[b, t]` inputs (sequence minus its last token).
+    pub ids: Tensor<2, Int>,
+    /// `[b, t]` 1 for real tokens.
+    pub mask: Tensor<2>,
+    /// `[n]` flat indices `row·t + j` of the positions whose next token is an answer token.
+    pub positions: Tensor<1, Int>,
+    /// `[n]` the answer tokens predicted there.
+    pub targets: Tensor<1, Int>,
+    /// The row of each of the `n` positions.
+    pub rows: Vec<usize>,
+}
+
+impl LmBatch {
+    /// Pad `items` into a batch.
+    pub fn new(items: &[&LmItem], device: &Device) -> Self {
+        let t = items
+            .iter()
+            .map(|i| i.ids.len() - 1)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let b = items.len();
+        let mut ids = vec![0i64; b * t];
+        let mut mask = vec![0f32; b * t];
+        let (mut pos, mut tg, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, item) in items.iter().enumerate() {
+            for j in 0..item.ids.len() - 1 {
+                ids[r * t + j] = item.ids[j] as i64;
+                mask[r * t + j] = 1.0;
+                if j + 1 >= item.answer_start {
+                    pos.push((r * t + j) as i64);
+                    tg.push(item.ids[j + 1] as i64);
+                    rows.push(r);
+                }
+            }
+        }
+        let n = pos.len();
+        Self {
+            ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [b, t]), device),
+            positions: Tensor::from_data(TensorData::new(pos, [n]), device),
+            targets: Tensor::from_data(TensorData::new(tg, [n]), device),
+            rows,
+        }
+    }
+}
+
+/// `[n]` log-probabilities of the batch's answer tokens.
+pub fn answer_log_probs(model: &Llama, batch: LmBatch) -> Tensor<1> {
+    let hidden = model.forward_hidden(batch.ids, Some(batch.mask), None);
+    let [b, t, d] = hidden.dims();
+    let picked: Tensor<2> = hidden.reshape([b * t, d]).select(0, batch.positions);
+    let logp = log_softmax(model.logits(picked), 1);
+    let n = batch.rows.len();
+    logp.gather(1, batch.targets.reshape([n, 1])).reshape([n])
+}
+
+/// The training item burn-train's metrics see.
+pub struct LmOutput {
+    /// Mean loss over answer tokens.
+    pub loss: Tensor<1>,
+}
+
+impl ItemLazy for LmOutput {
+    fn sync(self) -> std::result::Result<Self, ExecutionError> {
+        self.loss.device().flush()?;
+        Ok(Self {
+            loss: self.loss.without_autodiff(),
+        })
+    }
+}
+
+impl Adaptor<LossInput> for LmOutput {
+    fn adapt(&self) -> LossInput {
+        LossInput::new(self.loss.clone())
+    }
+}
+
+/// A decoder trained with the answer-masked causal-LM loss.
+#[derive(Module, Debug)]
+pub struct CausalLm {
+    /// The decoder.
+    pub model: Llama,
+    /// Loss multiplier (1 / gradient accumulation).
+    pub loss_scale: f64,
+    #[module(skip)]
+    guard: LossGuard,
+}
+
+impl CausalLm {
+    /// Wrap a decoder.
+    pub fn new(model: Llama, loss_scale: f64, guard: LossGuard) -> Self {
+        Self {
+            model,
+            loss_scale,
+            guard,
+        }
+    }
+
+    /// Mean negative log-likelihood of the answer tokens.
+    pub fn loss(&self, batch: LmBatch) -> Tensor<1> {
+        answer_log_probs(&self.model, batch).mean().neg()
+    }
+}
+
+impl TrainStep for CausalLm {
+    type Input = LmBatch;
+    type Output = LmOutput;
+    fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
+        let loss = self.loss(batch);
+        self.guard.check(loss.clone().into_scalar());
+        let scaled = if self.loss_scale == 1.0 {
+            loss.clone()
+        } else {
+            loss.clone() * self.loss_scale
+        };
+        TrainOutput::new(self, scaled.backward(), LmOutput { loss })
+    }
+}
+
+impl InferenceStep for CausalLm {
+    type Input = LmBatch;
+    type Output = LmOutput;
+    fn step(&self, batch: LmBatch) -> LmOutput {
+        LmOutput {
+            loss: self.loss(batch),
+        }
+    }
+}
+
+/// Batches of [`LmItem`]s; epoch `e` shuffled by `(seed, e)` (see [`crate::classify::EpochLoader`]).
+#[derive(Clone)]
+pub struct LmLoader {
+    items: Arc<Vec<LmItem>>,
+    batch_size: usize,
+    seed: Option<u64>,
+    epoch: Arc<AtomicUsize>,
+    device: Device,
+}
+
+impl LmLoader {
+    /// A loader; `seed: None` keeps the order.
+    pub fn new(items: Vec<LmItem>, batch_size: usize, seed: Option<u64>, device: &Device) -> Self {
+        Self {
+            items: Arc::new(items),
+            batch_size: batch_size.max(1),
+            seed,
+            epoch: Arc::new(AtomicUsize::new(0)),
+            device: device.clone(),
+        }
+    }
+
+    /// Start counting epochs at `done`.
+    pub fn starting_after(self, done: usize) -> Self {
+        self.epoch.store(done, Ordering::SeqCst);
+        self
+    }
+
+    /// Batches per epoch.
+    pub fn num_batches(&self) -> usize {
+        self.items.len().div_ceil(self.batch_size)
+    }
+}
+
+struct LmIter {
+    loader: LmLoader,
+    order: Vec<usize>,
+    pos: usize,
+}
+
+impl Iterator for LmIter {
+    type Item = std::result::Result<LmBatch, DatasetError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.order.len() {
+            return None;
+        }
+        let end = (self.pos + self.loader.batch_size).min(self.order.len());
+        let items: Vec<&LmItem> = self.order[self.pos..end]
+            .iter()
+            .map(|&i| &self.loader.items[i])
+            .collect();
+        self.pos = end;
+        Some(Ok(LmBatch::new(&items, &self.loader.device)))
+    }
+}
+
+impl DataLoaderIterator<LmBatch> for LmIter {
+    fn progress(&self) -> Progress {
+        Progress::new(self.pos, self.order.len(), Some("examples".into()))
+    }
+}
+
+impl DataLoader<LmBatch> for LmLoader {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch> + 'a> {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) as u64;
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        if let Some(seed) = self.seed {
+            let mix = seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            order.shuffle(&mut StdRng::seed_from_u64(mix));
+            self.device.seed(mix.rotate_left(17));
+        }
+        Box::new(LmIter {
+            loader: self.clone(),
+            order,
+            pos: 0,
+        })
+    }
+    fn num_items(&self) -> usize {
+        self.items.len()
+    }
+    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<LmBatch>> {
+        let mut this = self.clone();
+        this.device = device.clone();
+        Arc::new(this)
+    }
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<LmBatch>> {
+        let mut this = self.clone();
+        this.items = Arc::new(self.items[start..end.min(self.items.len())].to_vec());
+        Arc::new(this)
+    }
+}
+
+/// Accuracy of choosing by per-token-normalised log-likelihood; `loss` is the mean per-token
+/// negative log-likelihood of the gold choice.
+pub fn evaluate_mc(
+    model: &Llama,
+    tok: &TextTokenizer,
+    examples: &[McExample],
+    max_len: usize,
+    device: &Device,
+) -> Result<crate::train::EvalMetrics> {
+    let mut correct = 0usize;
+    let mut nll = 0f64;
+    for e in examples {
+        let choices: Vec<(Vec<u32>, usize)> = e
+            .contexts
+            .iter()
+            .zip(&e.continuations)
+            .map(|(c, k)| encode_choice(tok, c, k, max_len))
+            .collect::<Result<_>>()?;
+        let items: Vec<LmItem> = choices
+            .into_iter()
+            .map(|(ids, answer_start)| LmItem { ids, answer_start })
+            .collect();
+        let refs: Vec<&LmItem> = items.iter().collect();
+        let batch = LmBatch::new(&refs, device);
+        let rows = batch.rows.clone();
+        let values: Vec<f32> = answer_log_probs(model, batch)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap_or_default();
+        let mut sums = vec![0f64; items.len()];
+        let mut counts = vec![0usize; items.len()];
+        for (&r, &v) in rows.iter().zip(&values) {
+            sums[r] += f64::from(v);
+            counts[r] += 1;
+        }
+        let scores: Vec<f32> = sums
+            .iter()
+            .zip(&counts)
+            .map(|(s, &c)| (s / c.max(1) as f64) as f32)
+            .collect();
+        let best = (0..scores.len())
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap_or(0);
+        correct += usize::from(best == e.gold);
+        nll -= f64::from(scores.get(e.gold).copied().unwrap_or(f32::NAN));
+    }
+    let n = examples.len().max(1) as f64;
+    Ok(crate::train::EvalMetrics {
+        examples: examples.len(),
+        accuracy: correct as f64 / n,
+        f1: None,
+        loss: nll / n,
+    })
+}
+
+/// The tasks a decoder `--task` names (`commonsense` = all eight).
+pub fn mc_tasks(name: &str) -> Result<Vec<McTask>> {
+    if name.eq_ignore_ascii_case("commonsense") {
+        Ok(McTask::ALL.to_vec())
+    } else {
+        Ok(vec![name.parse()?])
+    }
+}
+
+fn seeded_subset<T>(mut v: Vec<T>, n: Option<usize>, seed: u64, shuffle: bool) -> Vec<T> {
+    if let Some(n) = n {
+        if shuffle && n < v.len() {
+            v.shuffle(&mut StdRng::seed_from_u64(seed));
+        }
+        v.truncate(n.max(1));
+    }
+    v
+}
+
+/// Fine-tune a decoder on multiple-choice tasks (see [`crate::train::train`]).
+pub(crate) fn train_decoder(
+    run: crate::train::Run<'_>,
+    llama: Llama,
+    tok: TextTokenizer,
+    report: crate::train::Report<'_>,
+) -> Result<crate::train::Finished> {
+    use crate::train::{
+        DECODER_TARGETS, EvalMetrics, Finished, Method, RunMetrics, peak_rss_mib, schedule,
+        trainable, write_json,
+    };
+    use burn::module::ParamGroup;
+    use burn::optim::AdamWConfig;
+    use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrSchedulerConfig;
+    use burn::train::metric::{LearningRateMetric, LossMetric};
+    use burn::train::{Interrupter, Learner, SupervisedTraining};
+    use gralora::{AdaptOptions, Targets, attach_adapters};
+    use std::io::IsTerminal;
+
+    let config = run.config;
+    let tasks = mc_tasks(&config.task).map_err(|_| {
+        TrainError::Usage(format!(
+            "{} is a decoder; the task `{}` is for encoders (e.g. --model minilm); decoder tasks: {}",
+            config.model,
+            config.task,
+            MC_TASKS.join(", ")
+        ))
+    })?;
+    if config.max_train == Some(0) {
+        return Err(TrainError::Usage(
+            "--max-train 0 leaves nothing to train on".into(),
+        ));
+    }
+    let (train, val) = load(&tasks, run.home)?;
+    let mixed = tasks.len() > 1;
+    let train = seeded_subset(train, config.max_train, config.seed, true);
+    let val = seeded_subset(val, config.max_eval, config.seed, mixed);
+    report(&format!(
+        "{}: {} train examples, {} validation examples",
+        config.task,
+        train.len(),
+        val.len()
+    ));
+    let items = training_items(&tok, &train, config.max_len)?;
+    let val_items = training_items(&tok, &val, config.max_len)?;
+    std::fs::create_dir_all(run.out).map_err(|e| TrainError::io(run.out, e))?;
+    if run.resumed_from.is_none() && !run.dir.config().is_file() {
+        write_json(&run.dir.config(), config)?;
+    }
+    let baseline = if run.resumed_from.is_none() {
+        let m = evaluate_mc(&llama, &tok, &val, config.max_len, run.device)?;
+        report(&format!(
+            "untrained accuracy {:.4} on {} examples",
+            m.accuracy, m.examples
+        ));
+        Some(m.accuracy)
+    } else {
+        None
+    };
+
+    let ad = run.device.clone().autodiff();
+    run.device.seed(config.seed);
+    ad.seed(config.seed);
+    let mut llama = trainable(llama, config.method);
+    let mut b_ids = Vec::new();
+    if let Some(adapter) = config.adapter()? {
+        let targets = if config.targets.is_empty() {
+            Targets::names(DECODER_TARGETS.iter().map(|s| s.to_string()))
+        } else {
+            Targets::names(config.targets.clone())
+        };
+        let r = attach_adapters(&mut llama, &AdaptOptions::new(adapter, targets))?;
+        report(format!("{r}").lines().last().unwrap_or_default());
+        b_ids = crate::train::b_param_ids(&mut llama);
+    }
+    let interrupter = Interrupter::new();
+    let guard = LossGuard::new(interrupter.clone());
+    let model = CausalLm::new(llama, 1.0 / config.grad_accum as f64, guard.clone());
+    let trainable_params = crate::classify::trainable_params(&model);
+    report(&format!("trainable parameters: {trainable_params}"));
+    let done = run.resumed_from.unwrap_or(0);
+    let loader = LmLoader::new(items.clone(), config.batch_size, Some(config.seed), &ad)
+        .starting_after(done);
+    let total = loader.num_batches().div_ceil(config.grad_accum) * config.epochs;
+    let warmup = ((config.warmup * total as f64).round() as usize).min(total.saturating_sub(1));
+    let valid = LmLoader::new(val_items, config.batch_size, None, run.device);
+    let mut lr = ModuleLrSchedulerConfig::new(schedule(config.lr, warmup, total));
+    if config.b_lr_ratio != 1.0 && !b_ids.is_empty() {
+        lr = lr.with_group(
+            ParamGroup::from_ids(b_ids),
+            schedule(config.lr * config.b_lr_ratio, warmup, total),
+        );
+    }
+    let lr = lr.init().map_err(TrainError::Usage)?;
+    let optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
+    let mut training = SupervisedTraining::new(run.dir.run(), Arc::new(loader), Arc::new(valid))
+        .metrics((LossMetric::new(),))
+        .metric_train_numeric(LearningRateMetric::new())
+        .with_default_checkpointers()
+        .with_interrupter(interrupter)
+        .num_epochs(config.epochs)
+        .with_application_logger(None);
+    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+        training = training.renderer(Box::new(crate::renderer::LineRenderer::new(
+            std::time::Duration::from_secs(15),
+        )));
+    }
+    if config.grad_accum > 1 {
+        training = training.grads_accumulation(config.grad_accum);
+    }
+    if let Some(epoch) = run.resumed_from {
+        report(&format!("resuming after epoch {epoch}"));
+        training = training.checkpoint(epoch);
+    }
+    let t0 = std::time::Instant::now();
+    let result = training.launch(Learner::new(model, optim.into(), lr));
+    let train_s = t0.elapsed().as_secs_f64();
+    if let Some((step, value)) = guard.non_finite() {
+        return Err(TrainError::NonFinite {
+            step,
+            value,
+            lr: config.lr,
+        });
+    }
+    if let Some(e) = result.error {
+        return Err(TrainError::Training(e.to_string()));
+    }
+    let epochs_done = run.dir.last_checkpoint().unwrap_or(config.epochs).max(done);
+    let mut trained = result.model.model;
+    let eval: EvalMetrics = evaluate_mc(&trained, &tok, &val, config.max_len, run.device)?;
+    match config.method {
+        Method::Full => {
+            let source = gralora_models::ModelSource::resolve(&config.model, run.home)?;
+            let cfg = match &source {
+                gralora_models::ModelSource::Gguf(p) => gralora_models::LlamaConfig::from_gguf(
+                    &gralora_models::gguf::GgufFile::open(p)?,
+                )?,
+                gralora_models::ModelSource::HfDir(d) => {
+                    gralora_models::LlamaConfig::from_file(d.join("config.json"))?
+                }
+            };
+            let snapshot = gralora_models::LoadedModel::Decoder {
+                config: cfg,
+                model: trained,
+                tokenizer: tok,
+            };
+            snapshot.write_snapshot(&source, &run.out.join("model"))?;
+        }
+        _ => gralora::save_peft(&mut trained, run.out, Some(&config.model))?,
+    }
+    let tokens: usize = items.iter().map(|i| i.ids.len()).sum();
+    let epochs_here = epochs_done.saturating_sub(done).max(1);
+    let metrics = RunMetrics {
+        task: config.task.clone(),
+        method: config.method,
+        model: config.model.clone(),
+        device: format!("{:?}", run.device),
+        train_split: format!("{} train", config.task),
+        train_examples: items.len(),
+        eval_split: format!("{} validation", config.task),
+        eval,
+        epochs: epochs_done,
+        trainable_params,
+        wall_s: run.started.elapsed().as_secs_f64(),
+        train_s,
+        tokens_per_s: (tokens * epochs_here) as f64 / train_s.max(1e-9),
+        peak_rss_mb: peak_rss_mib(),
+        baseline_accuracy: baseline,
+        resumed_from_epoch: run.resumed_from,
+        seed: config.seed,
+    };
+    write_json(&run.dir.metrics(), &metrics)?;
+    Ok(Finished {
+        metrics,
+        model: None,
+    })
+}
