@@ -32,6 +32,20 @@ with pa.OSFile(p, "wb") as f:
 dev_rows = dev.to_pylist()
 dev_norm = {norm(r["sentence"]) for r in dev_rows}
 
+# MRPC and RTE dev: the first 20 rows each (sentence pairs).
+pairs = {}
+for task in ["mrpc", "rte"]:
+    rel = f"glue/glue/{task}/validation/data-00000-of-00001.arrow"
+    with pa.memory_map(os.path.join(home, rel)) as f:
+        t = ipc.open_stream(f).read_all().slice(0, 20)
+    os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
+    with pa.OSFile(os.path.join(out, rel), "wb") as f:
+        w = ipc.new_stream(f, t.schema)
+        w.write_table(t)
+        w.close()
+    rows = t.to_pylist()
+    pairs[task] = {"labels": [r["label"] for r in rows], "first_b": rows[0]["sentence2"]}
+
 # Rotten Tomatoes: every 50th line, plus the snippets matching the 40 dev sentences.
 lines = open(os.path.join(home, "rt/movieReviewSnippets_GroundTruth.txt"), encoding="latin-1").read().splitlines()
 header, body = lines[0], lines[1:]
@@ -98,6 +112,7 @@ for task, n in [("arc_easy", 16), ("winogrande", 8)]:
     mc[task] = docs
 
 expected = {
+    "pairs": pairs,
     "mc": mc,
     "sst2_dev": {"count": len(dev_rows), "labels": [r["label"] for r in dev_rows],
                  "first": dev_rows[0]["sentence"].strip()},

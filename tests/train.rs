@@ -589,3 +589,34 @@ fn answer_log_probs_equal_the_full_forward_of_smollm2() {
         assert!((g - w).abs() < 1e-3, "{got:?} vs {want:?}");
     }
 }
+
+#[test]
+fn glue_pairs_and_cross_validation_folds() {
+    let exp = expected();
+    for (task, file) in [("mrpc", data::MRPC_DEV), ("rte", data::RTE_DEV)] {
+        let v = data::read_glue_pairs(&fixtures().join(file)).unwrap();
+        assert_eq!(
+            labels(&v),
+            json_u64s(&exp["pairs"][task]["labels"]),
+            "{task}"
+        );
+        assert_eq!(v[0].b.as_deref(), exp["pairs"][task]["first_b"].as_str());
+    }
+    let all = Task::Mrpc.load(&fixtures()).unwrap();
+    assert!(all.train.is_empty() && all.eval.len() == 20);
+    // 3 folds: disjoint held-out parts covering every example once; training = the rest.
+    let mut held = Vec::new();
+    for fold in 0..3 {
+        let f = all.fold(7, 3, fold);
+        assert_eq!(f.train.len() + f.eval.len(), 20);
+        assert!((6..=7).contains(&f.eval.len()));
+        assert!(f.eval.iter().all(|e| !f.train.contains(e)));
+        held.extend(f.eval);
+    }
+    let mut a: Vec<String> = held.iter().map(|e| e.a.clone()).collect();
+    let mut b: Vec<String> = all.eval.iter().map(|e| e.a.clone()).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    assert_eq!(all.fold(7, 3, 1).eval, all.fold(7, 3, 1).eval, "seeded");
+}

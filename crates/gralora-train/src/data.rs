@@ -41,10 +41,14 @@ pub enum Task {
     Snli,
     /// Yes/no questions about a passage.
     Boolq,
+    /// Paraphrase pairs (GLUE MRPC; dev set only: k-fold cross-validation).
+    Mrpc,
+    /// Textual entailment (GLUE RTE; dev set only: k-fold cross-validation).
+    Rte,
 }
 
 /// The task names `--task` accepts.
-pub const TASKS: &[&str] = &["sst2", "snli", "boolq"];
+pub const TASKS: &[&str] = &["sst2", "snli", "boolq", "mrpc", "rte"];
 
 impl FromStr for Task {
     type Err = TrainError;
@@ -53,6 +57,8 @@ impl FromStr for Task {
             "sst2" | "sst-2" => Ok(Self::Sst2),
             "snli" => Ok(Self::Snli),
             "boolq" => Ok(Self::Boolq),
+            "mrpc" => Ok(Self::Mrpc),
+            "rte" => Ok(Self::Rte),
             other => Err(TrainError::Usage(format!(
                 "unknown task `{other}`; the encoder tasks are {}",
                 TASKS.join(", ")
@@ -68,6 +74,8 @@ impl Task {
             Self::Sst2 => "sst2",
             Self::Snli => "snli",
             Self::Boolq => "boolq",
+            Self::Mrpc => "mrpc",
+            Self::Rte => "rte",
         }
     }
 
@@ -75,7 +83,7 @@ impl Task {
     pub fn num_classes(self) -> usize {
         match self {
             Self::Snli => 3,
-            Self::Sst2 | Self::Boolq => 2,
+            Self::Sst2 | Self::Boolq | Self::Mrpc | Self::Rte => 2,
         }
     }
 
@@ -85,7 +93,13 @@ impl Task {
             Self::Sst2 => &["rt", "glue"],
             Self::Snli => &["snli"],
             Self::Boolq => &["commonsense"],
+            Self::Mrpc | Self::Rte => &["glue"],
         }
+    }
+
+    /// Whether only an evaluation set exists, so the task is scored by k-fold cross-validation.
+    pub fn cross_validated(self) -> bool {
+        matches!(self, Self::Mrpc | Self::Rte)
     }
 
     /// The files the task reads, relative to `$GRALORA_HOME`.
@@ -94,6 +108,8 @@ impl Task {
             Self::Sst2 => &[SST2_DEV, RT_FILE],
             Self::Snli => &[SNLI_TRAIN, SNLI_TEST],
             Self::Boolq => &[BOOLQ_TRAIN, BOOLQ_VAL],
+            Self::Mrpc => &[MRPC_DEV],
+            Self::Rte => &[RTE_DEV],
         }
     }
 
@@ -103,6 +119,14 @@ impl Task {
             Self::Sst2 => ("rotten-tomatoes minus sst2-dev", "sst2 validation"),
             Self::Snli => ("snli train subset", "snli test"),
             Self::Boolq => ("boolq train", "boolq validation"),
+            Self::Mrpc => (
+                "mrpc validation, other folds",
+                "mrpc validation, held-out fold",
+            ),
+            Self::Rte => (
+                "rte validation, other folds",
+                "rte validation, held-out fold",
+            ),
         }
     }
 
@@ -122,6 +146,10 @@ impl Task {
                 read_boolq(&home.join(BOOLQ_TRAIN))?,
                 read_boolq(&home.join(BOOLQ_VAL))?,
             ),
+            Self::Mrpc | Self::Rte => {
+                let file = self.files()[0];
+                (Vec::new(), read_glue_pairs(&home.join(file))?)
+            }
         };
         Ok(TaskData {
             task: self,
@@ -144,6 +172,11 @@ pub const BOOLQ_TRAIN: &str = "commonsense/boolq/train_rc_5shot/requests.jsonl.g
 /// BoolQ validation.
 pub const BOOLQ_VAL: &str = "commonsense/boolq/val_rc_5shot/requests.jsonl.gz";
 
+/// GLUE MRPC dev set.
+pub const MRPC_DEV: &str = "glue/glue/mrpc/validation/data-00000-of-00001.arrow";
+/// GLUE RTE dev set.
+pub const RTE_DEV: &str = "glue/glue/rte/validation/data-00000-of-00001.arrow";
+
 /// A task's two splits.
 #[derive(Debug, Clone)]
 pub struct TaskData {
@@ -153,6 +186,26 @@ pub struct TaskData {
     pub train: Vec<Example>,
     /// Evaluation examples.
     pub eval: Vec<Example>,
+}
+
+impl TaskData {
+    /// Fold `fold` of `folds` of the evaluation set (a seeded shuffle, then contiguous folds):
+    /// train on the others, evaluate on it.
+    pub fn fold(&self, seed: u64, folds: usize, fold: usize) -> TaskData {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let mut all = self.eval.clone();
+        all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        let n = all.len();
+        let (lo, hi) = (fold * n / folds, (fold + 1) * n / folds);
+        let eval = all[lo..hi].to_vec();
+        let train = all[..lo].iter().chain(&all[hi..]).cloned().collect();
+        TaskData {
+            task: self.task,
+            train,
+            eval,
+        }
+    }
 }
 
 fn data_err(path: &Path, msg: impl std::fmt::Display) -> TrainError {
@@ -307,6 +360,26 @@ pub fn read_sst2_arrow(path: &Path) -> Result<Vec<Example>> {
                 out.push(Example {
                     a: text.trim().to_string(),
                     b: None,
+                    label: label as usize,
+                });
+            }
+        }
+    }
+    non_empty(path, out)
+}
+
+/// GLUE sentence pairs (MRPC, RTE: columns `sentence1`, `sentence2`, `label`).
+pub fn read_glue_pairs(path: &Path) -> Result<Vec<Example>> {
+    let mut out = Vec::new();
+    for batch in read_arrow(path)? {
+        let a = strings(path, &batch, "sentence1")?;
+        let b = strings(path, &batch, "sentence2")?;
+        let labels = ints(path, &batch, "label")?;
+        for ((a, b), label) in a.into_iter().zip(b).zip(labels) {
+            if label == 0 || label == 1 {
+                out.push(Example {
+                    a,
+                    b: Some(b),
                     label: label as usize,
                 });
             }

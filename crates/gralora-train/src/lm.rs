@@ -735,6 +735,8 @@ pub(crate) fn train_decoder(
         train_s,
         tokens_per_s: (tokens * epochs_here) as f64 / train_s.max(1e-9),
         peak_rss_mb: peak_rss_mib(),
+        folds: None,
+        accuracy_std: None,
         baseline_accuracy: baseline,
         resumed_from_epoch: run.resumed_from,
         seed: config.seed,

@@ -125,6 +125,9 @@ struct TrainArgs {
     /// Early stopping: epochs without a better validation loss.
     #[arg(long)]
     patience: Option<usize>,
+    /// Folds of the cross-validation for tasks with only a dev set (mrpc, rte).
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
     /// Pooling for the head: mean or cls.
     #[arg(long, default_value = "mean")]
     pooling: String,
@@ -417,6 +420,7 @@ fn train(args: TrainArgs) -> Result<(), Error> {
         c.max_eval = args.max_eval;
         c.patience = args.patience;
         c.pooling = args.pooling.clone();
+        c.folds = args.folds;
         c
     };
     config.validate()?;
@@ -442,10 +446,19 @@ fn train(args: TrainArgs) -> Result<(), Error> {
         println!("{}", serde_json::to_string(m)?);
     } else {
         println!(
-            "{} {} accuracy {:.4}{} ({} examples) | {} epochs, {:.0} train tokens/s, {:.0} s, peak memory {:.0} MiB | {}",
+            "{} {} accuracy {:.4}{}{}{} ({} examples) | {} epochs, {:.0} train tokens/s, {:.0} s, peak memory {:.0} MiB | {}",
             m.task,
             m.eval_split,
             m.eval.accuracy,
+            m.accuracy_std
+                .map(|s| format!(
+                    " ± {s:.4} over {} folds",
+                    m.folds.as_ref().map_or(0, Vec::len)
+                ))
+                .unwrap_or_default(),
+            m.baseline_accuracy
+                .map(|b| format!(" (untrained {b:.4})"))
+                .unwrap_or_default(),
             m.eval
                 .f1
                 .map(|f| format!(", F1 {f:.4}"))

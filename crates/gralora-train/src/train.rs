@@ -115,6 +115,16 @@ pub struct TrainConfig {
     pub head_dropout: f64,
     /// Pooling of the encoder's states for the head: `mean` or `cls`.
     pub pooling: String,
+    /// Folds of the cross-validation of tasks that only have a dev set (mrpc, rte).
+    #[serde(default = "default_folds")]
+    pub folds: usize,
+    /// The fold this run holds out (set by the cross-validation driver).
+    #[serde(default)]
+    pub fold: Option<usize>,
+}
+
+fn default_folds() -> usize {
+    5
 }
 
 /// Default targets for BERT-family encoders: all six linear layers of every block.
@@ -181,6 +191,8 @@ impl TrainConfig {
             patience: None,
             head_dropout: 0.1,
             pooling: "mean".into(),
+            folds: 5,
+            fold: None,
         }
     }
 
@@ -249,6 +261,9 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.warmup) {
             return usage(format!("--warmup {} must be in [0, 1)", self.warmup));
         }
+        if self.folds < 2 || self.fold.is_some_and(|f| f >= self.folds) {
+            return usage(format!("--folds {} must be at least 2", self.folds));
+        }
         if self.max_len < 8 {
             return usage(format!(
                 "--max-len {} is too short (at least 8)",
@@ -303,6 +318,12 @@ pub struct RunMetrics {
     pub tokens_per_s: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mb: Option<f64>,
+    /// Cross-validated tasks: each fold's evaluation (`eval` holds their means).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<Vec<EvalMetrics>>,
+    /// Cross-validated tasks: standard deviation of the folds' accuracies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_std: Option<f64>,
     /// Accuracy of the untrained model on the same evaluation examples (decoder tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_accuracy: Option<f64>,
@@ -587,6 +608,9 @@ struct Prepared {
 fn prepare(config: &TrainConfig, home: &Path, tokenizer: &mut TextTokenizer) -> Result<Prepared> {
     let task = config.task()?;
     let mut data = task.load(home)?;
+    if let Some(fold) = config.fold {
+        data = data.fold(config.seed, config.folds, fold);
+    }
     if let Some(n) = config.max_train {
         if n == 0 {
             return Err(TrainError::Usage(
@@ -626,6 +650,9 @@ pub fn train(
     let started = Instant::now();
     let dir = RunDir(out.to_path_buf());
     config.validate()?;
+    if config.fold.is_none() && config.task().is_ok_and(Task::cross_validated) {
+        return train_folds(config, out, resume, device, home, report);
+    }
     let resumed_from = if resume {
         let saved = dir.read_config()?;
         if &saved != config {
@@ -851,6 +878,8 @@ pub fn train(
         train_s,
         tokens_per_s: (tokens * epochs_here) as f64 / train_s.max(1e-9),
         peak_rss_mb: peak_rss_mib(),
+        folds: None,
+        accuracy_std: None,
         baseline_accuracy: None,
         resumed_from_epoch: resumed_from,
         seed: config.seed,
@@ -859,6 +888,113 @@ pub fn train(
     Ok(Finished {
         metrics,
         model: Some(trained),
+    })
+}
+
+/// k-fold cross-validation on a task's dev set: fold `i` trains on the others into `out/fold-i`;
+/// `out/metrics.json` holds the means and every fold. Finished folds are kept on `--resume`.
+fn train_folds(
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    device: &Device,
+    home: &Path,
+    report: Report<'_>,
+) -> Result<Finished> {
+    let started = Instant::now();
+    let dir = RunDir(out.to_path_buf());
+    if resume {
+        if &dir.read_config()? != config {
+            return Err(TrainError::Usage(format!(
+                "{} holds a run with other settings; resume it with only --out and --resume",
+                out.display()
+            )));
+        }
+    } else if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(TrainError::Usage(format!(
+            "{} is not empty; pick another --out, or add --resume to continue an unfinished run",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    if !resume {
+        write_json(&dir.config(), config)?;
+    }
+    let mut runs = Vec::new();
+    for fold in 0..config.folds {
+        let sub_out = out.join(format!("fold-{fold}"));
+        let sub_dir = RunDir(sub_out.clone());
+        let sub = TrainConfig {
+            fold: Some(fold),
+            ..config.clone()
+        };
+        report(&format!("fold {}/{}", fold + 1, config.folds));
+        let metrics = if sub_dir.metrics().is_file() {
+            let text = std::fs::read_to_string(sub_dir.metrics())
+                .map_err(|e| TrainError::io(sub_dir.metrics(), e))?;
+            serde_json::from_str(&text).map_err(|e| TrainError::Data {
+                path: sub_dir.metrics(),
+                msg: e.to_string(),
+            })?
+        } else {
+            let again = sub_dir.config().is_file();
+            train(&sub, &sub_out, again, device, home, report)?.metrics
+        };
+        runs.push(metrics);
+    }
+    let k = runs.len() as f64;
+    let mean = |f: &dyn Fn(&RunMetrics) -> f64| runs.iter().map(f).sum::<f64>() / k;
+    let acc = mean(&|m| m.eval.accuracy);
+    let std = (runs
+        .iter()
+        .map(|m| (m.eval.accuracy - acc).powi(2))
+        .sum::<f64>()
+        / k)
+        .sqrt();
+    let task = config.task()?;
+    let first = &runs[0];
+    let metrics = RunMetrics {
+        task: task.name().into(),
+        method: config.method,
+        model: config.model.clone(),
+        device: first.device.clone(),
+        train_split: format!(
+            "{} validation, {}-fold cross-validation",
+            task.name(),
+            config.folds
+        ),
+        train_examples: runs.iter().map(|m| m.train_examples).sum::<usize>() / runs.len(),
+        eval_split: format!("{} validation, held-out folds", task.name()),
+        eval: EvalMetrics {
+            examples: runs.iter().map(|m| m.eval.examples).sum(),
+            accuracy: acc,
+            f1: runs
+                .iter()
+                .map(|m| m.eval.f1)
+                .sum::<Option<f64>>()
+                .map(|s| s / k),
+            loss: mean(&|m| m.eval.loss),
+        },
+        epochs: first.epochs,
+        trainable_params: first.trainable_params,
+        wall_s: started.elapsed().as_secs_f64(),
+        train_s: runs.iter().map(|m| m.train_s).sum(),
+        tokens_per_s: mean(&|m| m.tokens_per_s),
+        peak_rss_mb: peak_rss_mib(),
+        folds: Some(runs.iter().map(|m| m.eval).collect()),
+        accuracy_std: Some(std),
+        baseline_accuracy: None,
+        resumed_from_epoch: None,
+        seed: config.seed,
+    };
+    write_json(&dir.metrics(), &metrics)?;
+    Ok(Finished {
+        metrics,
+        model: None,
     })
 }
 
