@@ -111,7 +111,13 @@ for task, n in [("arc_easy", 16), ("winogrande", 8)]:
                          "continuation": " " + d["choices"][d["gold"]].strip()})
     mc[task] = docs
 
+# GSM8K test: the first 3 problems.
+rows = excerpt_lines(os.path.join(home, "gsm8k/gold_bpb_5shot/requests.jsonl.gz"),
+                     os.path.join(out, "gsm8k/gold_bpb_5shot/requests.jsonl.gz"), 3, gz=True)
+gsm8k = [{"answer": r["doc"]["short_answer"], "prompt_end": r["request"]["context"][-60:]} for r in rows]
+
 expected = {
+    "gsm8k": gsm8k,
     "pairs": pairs,
     "mc": mc,
     "sst2_dev": {"count": len(dev_rows), "labels": [r["label"] for r in dev_rows],

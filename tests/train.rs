@@ -620,3 +620,26 @@ fn glue_pairs_and_cross_validation_folds() {
     assert_eq!(a, b);
     assert_eq!(all.fold(7, 3, 1).eval, all.fold(7, 3, 1).eval, "seeded");
 }
+
+#[test]
+fn gsm8k_problems_and_reference_answers() {
+    use gralora_train::gsm8k;
+    let exp = expected();
+    let got = gsm8k::read(&fixtures().join(gsm8k::GSM8K_TEST)).unwrap();
+    let want = exp["gsm8k"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.answer, w["answer"].as_str().unwrap());
+        assert!(g.prompt.ends_with(w["prompt_end"].as_str().unwrap()));
+        assert!(
+            g.prompt.trim_end().ends_with("Answer:"),
+            "few-shot prompt ends at the answer"
+        );
+        // The reference's own worked answer style scores as correct.
+        let worked = format!(" ... So the answer is {}.", g.answer);
+        assert_eq!(
+            gsm8k::extract_answer(&worked),
+            Some(gsm8k::normalise_number(&g.answer))
+        );
+    }
+}

@@ -516,6 +516,23 @@ impl Llama {
         device: &Device,
         mut on_token: impl FnMut(u32),
     ) -> Result<Generation> {
+        self.generate_while(prompt, max_new, sampler, stop, device, |t| {
+            on_token(t);
+            true
+        })
+    }
+
+    /// As [`generate`](Self::generate), and also stops once `keep_going` returns `false` for a
+    /// new token (e.g. when the decoded text reaches a stop sequence).
+    pub fn generate_while(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut Sampler,
+        stop: &[u32],
+        device: &Device,
+        mut keep_going: impl FnMut(u32) -> bool,
+    ) -> Result<Generation> {
         if prompt.is_empty() {
             return Err(ModelError::Input("the prompt is empty".into()));
         }
@@ -535,8 +552,7 @@ impl Llama {
             }
             let token = sampler.pick(&probs);
             out.push(token);
-            on_token(token);
-            if stop.contains(&token) {
+            if !keep_going(token) || stop.contains(&token) {
                 break;
             }
             next_input = vec![token];

@@ -153,7 +153,7 @@ struct EvalArgs {
     /// A `gralora train` output directory (adapter and classifier head).
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Task: sst2, snli or boolq.
+    /// Task: sst2, snli, boolq, mrpc, rte (encoders); a commonsense task or gsm8k (decoders).
     #[arg(long)]
     task: String,
     /// Truncate inputs to this many tokens (default: as trained).
@@ -162,6 +162,9 @@ struct EvalArgs {
     /// Evaluate on the first this many examples.
     #[arg(long)]
     max_eval: Option<usize>,
+    /// Most new tokens per GSM8K answer.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
     /// auto, wgpu or flex.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -475,6 +478,9 @@ fn train(args: TrainArgs) -> Result<(), Error> {
 }
 
 fn eval(args: EvalArgs) -> Result<(), Error> {
+    if args.task.eq_ignore_ascii_case("gsm8k") {
+        return eval_gsm8k(args);
+    }
     fetch_missing(&args.model, Some(&args.task))?;
     let device = gralora::device::select(&args.device)?;
     let start = Instant::now();
@@ -500,6 +506,46 @@ fn eval(args: EvalArgs) -> Result<(), Error> {
             m.f1.map(|f| format!(", F1 {f:.4}")).unwrap_or_default(),
             m.loss,
             m.examples,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn eval_gsm8k(args: EvalArgs) -> Result<(), Error> {
+    fetch_missing(&args.model, None)?;
+    let home = assets::home();
+    if !home.join(gralora_train::gsm8k::GSM8K_TEST).is_file() {
+        fetch_list(vec![assets::find("gsm8k")?], false)?;
+    }
+    let device = gralora::device::select(&args.device)?;
+    let start = Instant::now();
+    let m = gralora_train::gsm8k::eval_model(
+        &args.model,
+        args.adapter.as_deref(),
+        args.max_eval,
+        args.max_new_tokens,
+        &device,
+        &home,
+        &mut |done, correct| {
+            if !args.json {
+                eprintln!(
+                    "gsm8k {done} problems, {correct} correct, {:.0} s",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        },
+    )?;
+    if args.json {
+        let mut v = serde_json::to_value(&m)?;
+        v["task"] = json!("gsm8k");
+        println!("{v}");
+    } else {
+        println!(
+            "gsm8k exact match {:.4} ({} problems, {:.0} new tokens each, {:.0} s)",
+            m.exact_match,
+            m.examples,
+            m.mean_new_tokens,
             start.elapsed().as_secs_f64()
         );
     }

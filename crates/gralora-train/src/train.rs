@@ -232,6 +232,11 @@ impl TrainConfig {
     /// Check everything that can be checked before loading anything.
     pub fn validate(&self) -> Result<()> {
         let name = self.task.to_ascii_lowercase();
+        if name == "gsm8k" {
+            return Err(TrainError::Usage(
+                "gsm8k has no training split offline; score a model with `gralora eval --model smollm2 --task gsm8k`".into(),
+            ));
+        }
         if self.task().is_err() && crate::lm::mc_tasks(&name).is_err() {
             return Err(TrainError::Usage(format!(
                 "unknown task `{}`; encoder tasks: {}; decoder tasks: {}",
