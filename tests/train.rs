@@ -643,3 +643,168 @@ fn gsm8k_problems_and_reference_answers() {
         );
     }
 }
+
+// ---------------------------------------------------------------- GoRA
+
+#[test]
+fn gora_estimation_leaves_weights_alone_and_its_init_descends() {
+    use burn::module::Module;
+    use gralora::AdapterHost;
+    use gralora::gora::{Feature, GoraConfig, Importance};
+    let Some(home) = excerpt_home("gora") else {
+        return;
+    };
+    let device = burn::tensor::Device::flex();
+    let ad = device.clone().autodiff();
+    let (_, bert) = gralora_models::Bert::from_dir(home.join("minilm"), &device).unwrap();
+    ad.seed(1);
+    let mut clf = gralora_models::BertClassifier::new(
+        bert.train().no_grad(),
+        2,
+        gralora_models::Pooling::Mean,
+        0.0,
+    );
+    let mut tok =
+        gralora_models::TextTokenizer::from_file(home.join("minilm/tokenizer.json")).unwrap();
+    let data = Task::Sst2.load(&home).unwrap();
+    let items = tokenize(&mut tok, &data.train[..32], 48).unwrap();
+    let snapshot = |m: &mut gralora_models::BertClassifier| {
+        let mut w = Vec::new();
+        m.for_each_linear_mut(&mut |p, l| {
+            let v: Vec<f32> = l
+                .base
+                .weight
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .unwrap();
+            w.push((
+                p.to_string(),
+                v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>(),
+            ));
+        });
+        w
+    };
+    let before = snapshot(&mut clf);
+    let dev = ad.clone();
+    let loss = |m: &gralora_models::BertClassifier, b: usize| {
+        let refs: Vec<&gralora_train::classify::Item> =
+            items[b * 16..(b + 1) * 16].iter().collect();
+        dev.seed(100 + b as u64);
+        let batch = gralora_train::classify::ClassBatch::new(&refs, 0, &dev);
+        burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&dev)
+            .forward(m.forward(&batch.input), batch.labels)
+    };
+    for (k, feature) in [(1, Feature::Identity), (2, Feature::Sqrt)] {
+        let mut m = clf.clone();
+        let config = GoraConfig {
+            r_ref: 8,
+            r_min: 2,
+            r_max: 32,
+            feature,
+            importance: Importance::MeanAbs,
+            alpha: 16.0,
+            gamma: 5e-2,
+        };
+        let targets = gralora::Targets::names(["query", "value", "intermediate.dense"]);
+        let r = gralora_train::gora::attach(&mut m, targets, &config, k, 2, 7, &loss).unwrap();
+        // The base weights are bit-for-bit what they were; only adapters were added.
+        assert_eq!(snapshot(&mut m), before, "k = {k}");
+        assert_eq!(r.layers.len(), 18);
+        assert!(
+            r.layers
+                .iter()
+                .all(|l| (2..=32).contains(&l.rank) && l.rank % k == 0),
+            "{r}"
+        );
+        if feature == Feature::Identity {
+            let slack: usize = r.layers.iter().map(|l| (l.d_in + l.d_out) * k).sum();
+            assert!(r.params.abs_diff(r.lora_params_at_r_ref) <= slack, "{r}");
+        }
+        assert!(r.loss_after < r.loss_before, "k = {k}: {r}");
+        // Adapters are trainable, the base is not.
+        let trainable = gralora_train::classify::trainable_params(&m);
+        let head = 384 * 2 + 2;
+        assert_eq!(trainable, r.params + head, "k = {k}");
+        assert!(m.clone().valid().num_params() > 0);
+    }
+}
+
+#[test]
+fn gora_training_saves_its_ranks_and_reloads() {
+    let Some(home) = excerpt_home("gora-run") else {
+        return;
+    };
+    let out = home.join("run");
+    let o = gralora(
+        &[
+            "train",
+            "--model",
+            "minilm",
+            "--task",
+            "sst2",
+            "--method",
+            "gora-gralora",
+            "--rank",
+            "8",
+            "--k",
+            "2",
+            "--r-min",
+            "2",
+            "--r-max",
+            "16",
+            "--gora-steps",
+            "2",
+            "--targets",
+            "query,value",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-len",
+            "48",
+            "--max-train",
+            "32",
+            "--device",
+            "flex",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &home,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = metrics(&out);
+    let gora = m.gora.as_ref().expect("GoRA report in metrics.json");
+    assert!(gora.loss_after < gora.loss_before);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "GRALORA");
+    let ranks: std::collections::BTreeSet<usize> = gora.layers.iter().map(|l| l.rank).collect();
+    if ranks.len() > 1 {
+        assert!(
+            !cfg["rank_pattern"].as_object().unwrap().is_empty(),
+            "per-layer ranks are saved"
+        );
+    }
+    let o = gralora(
+        &[
+            "eval",
+            "--model",
+            "minilm",
+            "--adapter",
+            out.to_str().unwrap(),
+            "--task",
+            "sst2",
+            "--device",
+            "flex",
+            "--json",
+        ],
+        &home,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((e["accuracy"].as_f64().unwrap() - m.eval.accuracy).abs() < 1e-9);
+}

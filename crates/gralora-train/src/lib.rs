@@ -17,6 +17,7 @@
 pub mod classify;
 pub mod data;
 mod error;
+pub mod gora;
 pub mod gsm8k;
 pub mod lm;
 pub mod renderer;

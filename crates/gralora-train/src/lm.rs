@@ -641,6 +641,45 @@ pub(crate) fn train_decoder(
         report(format!("{r}").lines().last().unwrap_or_default());
         b_ids = crate::train::b_param_ids(&mut llama);
     }
+    let mut gora_report = None;
+    if config.method.is_gora() {
+        let batches: Vec<Vec<usize>> = {
+            let mut order: Vec<usize> = (0..items.len()).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(config.seed ^ 0x6f72));
+            order
+                .chunks(config.batch_size.max(1))
+                .take(config.gora.steps)
+                .map(<[usize]>::to_vec)
+                .collect()
+        };
+        let adev = ad.clone();
+        let items_ref = &items;
+        let loss = move |m: &Llama, b: usize| {
+            let refs: Vec<&LmItem> = batches[b % batches.len()]
+                .iter()
+                .map(|&i| &items_ref[i])
+                .collect();
+            adev.seed(config.seed.wrapping_add(b as u64));
+            answer_log_probs(m, LmBatch::new(&refs, &adev)).mean().neg()
+        };
+        let targets = if config.targets.is_empty() {
+            Targets::names(DECODER_TARGETS.iter().map(|s| s.to_string()))
+        } else {
+            Targets::names(config.targets.clone())
+        };
+        let r = crate::gora::attach(
+            &mut llama,
+            targets,
+            &config.gora_config(),
+            config.gora_k(),
+            config.gora.steps,
+            config.seed,
+            &loss,
+        )?;
+        report(&r.to_string());
+        b_ids = crate::train::b_param_ids(&mut llama);
+        gora_report = Some(r);
+    }
     let interrupter = Interrupter::new();
     let guard = LossGuard::new(interrupter.clone());
     let model = CausalLm::new(llama, 1.0 / config.grad_accum as f64, guard.clone());
@@ -735,6 +774,7 @@ pub(crate) fn train_decoder(
         train_s,
         tokens_per_s: (tokens * epochs_here) as f64 / train_s.max(1e-9),
         peak_rss_mb: peak_rss_mib(),
+        gora: gora_report,
         folds: None,
         accuracy_std: None,
         baseline_accuracy: baseline,

@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
+use gralora::gora::{Feature, Importance};
 use gralora_models::assets::{self, Fetched, Progress};
 use gralora_models::source::{LoadedModel, ModelSource};
 use gralora_models::{Bert, BertInput, Sampler};
 use gralora_train::data::Task;
-use gralora_train::train::{Method, RunDir, TrainConfig, peak_rss_mib};
+use gralora_train::train::{GoraSettings, Method, RunDir, TrainConfig, peak_rss_mib};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -84,7 +85,7 @@ struct TrainArgs {
     /// obqa or commonsense (all eight) for decoders.
     #[arg(long, required_unless_present = "resume")]
     task: Option<String>,
-    /// lora, gralora or full.
+    /// lora, gralora, full, gora (GoRA, LoRA-shaped) or gora-gralora (GoRA on GraLoRA blocks).
     #[arg(long, default_value = "gralora")]
     method: String,
     #[command(flatten)]
@@ -95,9 +96,27 @@ struct TrainArgs {
     /// Peak learning rate (linear warmup, cosine decay). Default 1e-3 for adapters, 5e-5 for full.
     #[arg(long)]
     lr: Option<f64>,
-    /// LoRA+: the B matrices learn at lr × this.
-    #[arg(long, default_value_t = 1.0)]
-    b_lr_ratio: f64,
+    /// LoRA+: the B matrices learn at lr × this (default 1; 16 for GoRA).
+    #[arg(long)]
+    b_lr_ratio: Option<f64>,
+    /// GoRA: batches the gradients are averaged over.
+    #[arg(long, default_value_t = 8)]
+    gora_steps: usize,
+    /// GoRA: smallest rank (--rank is the reference rank of the budget).
+    #[arg(long, default_value_t = 4)]
+    r_min: usize,
+    /// GoRA: largest rank.
+    #[arg(long, default_value_t = 32)]
+    r_max: usize,
+    /// GoRA: feature function of the budget, sqrt (paper) or identity (released scripts).
+    #[arg(long, default_value = "sqrt")]
+    gora_feature: String,
+    /// GoRA: importance, mean-abs (mean |W ⊙ G|, paper) or frobenius.
+    #[arg(long, default_value = "mean-abs")]
+    gora_importance: String,
+    /// GoRA: γ of the initial step.
+    #[arg(long, default_value_t = 5e-2)]
+    gamma: f64,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
@@ -412,7 +431,39 @@ fn train(args: TrainArgs) -> Result<(), Error> {
         if let Some(lr) = args.lr {
             c.lr = lr;
         }
-        c.b_lr_ratio = args.b_lr_ratio;
+        c.b_lr_ratio = args
+            .b_lr_ratio
+            .unwrap_or(if method.is_gora() { 16.0 } else { 1.0 });
+        if method.is_gora() {
+            c.rank = args.adapter.rank;
+            c.alpha = args.adapter.alpha.unwrap_or(16.0);
+            c.gora = GoraSettings {
+                steps: args.gora_steps,
+                r_min: args.r_min,
+                r_max: args.r_max,
+                feature: match args.gora_feature.as_str() {
+                    "sqrt" => Feature::Sqrt,
+                    "identity" => Feature::Identity,
+                    other => {
+                        return Err(format!(
+                            "unknown --gora-feature `{other}`; use sqrt or identity"
+                        )
+                        .into());
+                    }
+                },
+                importance: match args.gora_importance.as_str() {
+                    "mean-abs" => Importance::MeanAbs,
+                    "frobenius" => Importance::Frobenius,
+                    other => {
+                        return Err(format!(
+                            "unknown --gora-importance `{other}`; use mean-abs or frobenius"
+                        )
+                        .into());
+                    }
+                },
+                gamma: args.gamma,
+            };
+        }
         c.weight_decay = args.weight_decay;
         c.warmup = args.warmup;
         c.batch_size = args.batch_size;
@@ -554,6 +605,9 @@ fn eval_gsm8k(args: EvalArgs) -> Result<(), Error> {
 
 fn bench_step(args: BenchStepArgs) -> Result<(), Error> {
     let method: Method = args.method.parse()?;
+    if method.is_gora() {
+        return Err("bench step times lora, gralora or full (GoRA trains the same adapters as lora/gralora)".into());
+    }
     let mut config = TrainConfig::new(&args.model, "sst2", method);
     adapter_config(&mut config, &args.adapter);
     fetch_missing(&args.model, None)?;

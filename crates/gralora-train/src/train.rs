@@ -49,6 +49,48 @@ pub enum Method {
     Gralora,
     /// Full fine-tuning: every weight trains.
     Full,
+    /// GoRA: gradient-driven per-layer ranks and initialisation, LoRA-shaped.
+    Gora,
+    /// GoRA on GraLoRA: ranks in multiples of k, every sub-adapter initialised on its block.
+    #[serde(rename = "gora-gralora")]
+    GoraGralora,
+}
+
+impl Method {
+    /// Whether GoRA measures gradients and allocates ranks first.
+    pub fn is_gora(self) -> bool {
+        matches!(self, Self::Gora | Self::GoraGralora)
+    }
+}
+
+/// GoRA's settings besides `r_ref` (= `--rank`) and alpha.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoraSettings {
+    /// Batches the gradients are averaged over.
+    pub steps: usize,
+    /// Smallest rank.
+    pub r_min: usize,
+    /// Largest rank.
+    pub r_max: usize,
+    /// Feature function of the budget.
+    pub feature: gralora::gora::Feature,
+    /// Importance measure.
+    pub importance: gralora::gora::Importance,
+    /// γ of the initial step.
+    pub gamma: f64,
+}
+
+impl Default for GoraSettings {
+    fn default() -> Self {
+        Self {
+            steps: 8,
+            r_min: 4,
+            r_max: 32,
+            feature: gralora::gora::Feature::Sqrt,
+            importance: gralora::gora::Importance::MeanAbs,
+            gamma: 5e-2,
+        }
+    }
 }
 
 impl std::str::FromStr for Method {
@@ -58,8 +100,10 @@ impl std::str::FromStr for Method {
             "lora" => Ok(Self::Lora),
             "gralora" => Ok(Self::Gralora),
             "full" => Ok(Self::Full),
+            "gora" => Ok(Self::Gora),
+            "gora-gralora" => Ok(Self::GoraGralora),
             other => Err(TrainError::Usage(format!(
-                "unknown method `{other}`; use lora, gralora or full"
+                "unknown method `{other}`; use lora, gralora, full, gora or gora-gralora"
             ))),
         }
     }
@@ -121,6 +165,9 @@ pub struct TrainConfig {
     /// The fold this run holds out (set by the cross-validation driver).
     #[serde(default)]
     pub fold: Option<usize>,
+    /// GoRA's settings (methods `gora`, `gora-gralora`).
+    #[serde(default)]
+    pub gora: GoraSettings,
 }
 
 fn default_folds() -> usize {
@@ -193,6 +240,7 @@ impl TrainConfig {
             pooling: "mean".into(),
             folds: 5,
             fold: None,
+            gora: GoraSettings::default(),
         }
     }
 
@@ -215,6 +263,10 @@ impl TrainConfig {
     pub fn adapter(&self) -> Result<Option<AdapterConfig>> {
         let config: AdapterConfig = match self.method {
             Method::Full => return Ok(None),
+            Method::Gora | Method::GoraGralora => {
+                self.gora_config().validate(self.gora_k())?;
+                return Ok(None);
+            }
             Method::Lora => LoraConfig::new(self.rank)
                 .with_alpha(self.alpha)
                 .with_dropout(self.dropout)
@@ -227,6 +279,28 @@ impl TrainConfig {
         };
         config.validate()?;
         Ok(Some(config))
+    }
+
+    /// GoRA's configuration for this run (`r_ref` = rank).
+    pub fn gora_config(&self) -> gralora::gora::GoraConfig {
+        gralora::gora::GoraConfig {
+            r_ref: self.rank,
+            r_min: self.gora.r_min,
+            r_max: self.gora.r_max,
+            feature: self.gora.feature,
+            importance: self.gora.importance,
+            alpha: self.alpha,
+            gamma: self.gora.gamma,
+        }
+    }
+
+    /// k of GoRA's ranks (1 for the LoRA form).
+    pub fn gora_k(&self) -> usize {
+        if self.method == Method::GoraGralora {
+            self.k
+        } else {
+            1
+        }
     }
 
     /// Check everything that can be checked before loading anything.
@@ -323,6 +397,9 @@ pub struct RunMetrics {
     pub tokens_per_s: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mb: Option<f64>,
+    /// GoRA's allocation and the loss before/after its initialisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gora: Option<crate::gora::GoraReport>,
     /// Cross-validated tasks: each fold's evaluation (`eval` holds their means).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folds: Option<Vec<EvalMetrics>>,
@@ -756,6 +833,47 @@ pub fn train(
         }
         None => {}
     }
+    let mut gora_report = None;
+    if config.method.is_gora() {
+        let batches: Vec<Vec<usize>> = EpochLoader::new(
+            prepared.train.clone(),
+            config.batch_size,
+            Some(config.seed ^ 0x6f72),
+            0,
+            &ad,
+        )
+        .batches(0)
+        .into_iter()
+        .take(config.gora.steps)
+        .collect();
+        let items = &prepared.train;
+        let pad = prepared.tokenizer_pad;
+        let adev = ad.clone();
+        let loss = move |m: &BertClassifier, b: usize| {
+            let refs: Vec<&Item> = batches[b % batches.len()]
+                .iter()
+                .map(|&i| &items[i])
+                .collect();
+            adev.seed(config.seed.wrapping_add(b as u64));
+            let batch = ClassBatch::new(&refs, pad, &adev);
+            let logits = m.forward(&batch.input);
+            burn::nn::loss::CrossEntropyLossConfig::new()
+                .init(&adev)
+                .forward(logits, batch.labels)
+        };
+        let r = crate::gora::attach(
+            &mut clf,
+            config.targets_or(ENCODER_TARGETS),
+            &config.gora_config(),
+            config.gora_k(),
+            config.gora.steps,
+            config.seed,
+            &loss,
+        )?;
+        report(&r.to_string());
+        b_ids = b_param_ids(&mut clf);
+        gora_report = Some(r);
+    }
 
     let interrupter = Interrupter::new();
     let guard = LossGuard::new(interrupter.clone());
@@ -883,6 +1001,7 @@ pub fn train(
         train_s,
         tokens_per_s: (tokens * epochs_here) as f64 / train_s.max(1e-9),
         peak_rss_mb: peak_rss_mib(),
+        gora: gora_report,
         folds: None,
         accuracy_std: None,
         baseline_accuracy: None,
@@ -990,6 +1109,7 @@ fn train_folds(
         train_s: runs.iter().map(|m| m.train_s).sum(),
         tokens_per_s: mean(&|m| m.tokens_per_s),
         peak_rss_mb: peak_rss_mib(),
+        gora: None,
         folds: Some(runs.iter().map(|m| m.eval).collect()),
         accuracy_std: Some(std),
         baseline_accuracy: None,

@@ -22,6 +22,7 @@ mod backends;
 mod config;
 pub mod device;
 mod error;
+pub mod gora;
 mod gralora;
 mod init;
 pub mod io;

@@ -427,8 +427,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
 /// `adapter_model.safetensors`). The model is taken `&mut` only to walk its layers.
 ///
 /// Per-layer ranks and scales of LoRA go to `rank_pattern`/`alpha_pattern` with exact module
-/// paths; PEFT's GraLoRA has no such patterns, so GraLoRA layers must share r, k, hybrid_r and
-/// scale. `alpha` is written as `scale · rank`, which reproduces the scale in PEFT exactly.
+/// paths; PEFT's GraLoRA has no such patterns, so GraLoRA layers must share k and hybrid_r, and
+/// differing ranks (GoRA) are written as the same patterns, which only gralora reads back. `alpha` is written as `scale · rank`, which reproduces the scale in PEFT exactly.
 pub fn save_peft<M: AdapterHost>(
     model: &mut M,
     dir: impl AsRef<Path>,
@@ -557,24 +557,24 @@ pub fn save_peft<M: AdapterHost>(
         "peft_version": "0.21.2",
     });
     let obj = config.as_object_mut().expect("object");
+    // Most common (r, alpha) as the defaults; the rest per layer, by exact path (GoRA's ranks).
+    let mut counts: BTreeMap<(usize, u64), usize> = BTreeMap::new();
+    for e in &entries {
+        *counts.entry((e.r, e.alpha.to_bits())).or_default() += 1;
+    }
+    let (&(r0, a0), _) = counts.iter().max_by_key(|(_, c)| **c).expect("non-empty");
+    let a0 = f64::from_bits(a0);
+    let mut rank_pattern = serde_json::Map::new();
+    let mut alpha_pattern = serde_json::Map::new();
+    for e in &entries {
+        if e.r != r0 {
+            rank_pattern.insert(regex::escape(&e.path), json!(e.r));
+        }
+        if e.alpha != a0 {
+            alpha_pattern.insert(regex::escape(&e.path), json!(e.alpha));
+        }
+    }
     if lora {
-        // Most common (r, alpha) as the defaults; the rest per layer, by exact path.
-        let mut counts: BTreeMap<(usize, u64), usize> = BTreeMap::new();
-        for e in &entries {
-            *counts.entry((e.r, e.alpha.to_bits())).or_default() += 1;
-        }
-        let (&(r0, a0), _) = counts.iter().max_by_key(|(_, c)| **c).expect("non-empty");
-        let a0 = f64::from_bits(a0);
-        let mut rank_pattern = serde_json::Map::new();
-        let mut alpha_pattern = serde_json::Map::new();
-        for e in &entries {
-            if e.r != r0 {
-                rank_pattern.insert(regex::escape(&e.path), json!(e.r));
-            }
-            if e.alpha != a0 {
-                alpha_pattern.insert(regex::escape(&e.path), json!(e.alpha));
-            }
-        }
         obj.insert("peft_type".into(), json!("LORA"));
         obj.insert("r".into(), json!(r0));
         obj.insert("lora_alpha".into(), json!(a0));
@@ -585,22 +585,25 @@ pub fn save_peft<M: AdapterHost>(
         obj.insert("rank_pattern".into(), Value::Object(rank_pattern));
         obj.insert("alpha_pattern".into(), Value::Object(alpha_pattern));
     } else {
-        if let Some(e) = entries.iter().find(|e| {
-            (e.r, e.k, e.hr, e.alpha.to_bits())
-                != (first.r, first.k, first.hr, first.alpha.to_bits())
-        }) {
+        if let Some(e) = entries.iter().find(|e| (e.k, e.hr) != (first.k, first.hr)) {
             return Err(AdapterError::State(format!(
-                "PEFT's GraLoRA stores one r/k/hybrid_r/alpha for all layers, but `{}` differs from `{}`",
+                "PEFT's GraLoRA stores one k/hybrid_r for all layers, but `{}` differs from `{}`",
                 e.path, first.path
             )));
         }
         obj.insert("peft_type".into(), json!("GRALORA"));
-        obj.insert("r".into(), json!(first.r));
-        obj.insert("alpha".into(), json!(first.alpha));
+        obj.insert("r".into(), json!(r0));
+        obj.insert("alpha".into(), json!(a0));
         obj.insert("gralora_k".into(), json!(first.k));
         obj.insert("hybrid_r".into(), json!(first.hr));
         obj.insert("gralora_dropout".into(), json!(dropout));
         obj.insert("init_weights".into(), json!(true));
+        // Per-layer ranks (GoRA) are a gralora extension: PEFT's GraLoRA has no patterns, so
+        // such a file reloads here; with uniform ranks these stay empty and PEFT reads it as usual.
+        if !rank_pattern.is_empty() || !alpha_pattern.is_empty() {
+            obj.insert("rank_pattern".into(), Value::Object(rank_pattern));
+            obj.insert("alpha_pattern".into(), Value::Object(alpha_pattern));
+        }
     }
 
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
