@@ -808,3 +808,22 @@ fn gora_training_saves_its_ranks_and_reloads() {
     let e: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!((e["accuracy"].as_f64().unwrap() - m.eval.accuracy).abs() < 1e-9);
 }
+
+/// The full task files, when fetched: the sizes ASSETS.md and the datasets' cards give
+/// (SNLI pairs without a gold label are dropped: 110 in the train subset, 176 in test).
+#[test]
+fn real_task_files_have_their_published_sizes() {
+    let home = gralora_models::assets::home();
+    if !home.join("commonsense/boolq").is_dir() || !home.join(data::SNLI_TEST).is_file() {
+        eprintln!("skipped: commonsense and snli not fetched (CI does not fetch them)");
+        return;
+    }
+    let boolq = Task::Boolq.load(&home).unwrap();
+    assert_eq!((boolq.train.len(), boolq.eval.len()), (9427, 3270));
+    let snli = Task::Snli.load(&home).unwrap();
+    assert_eq!((snli.train.len(), snli.eval.len()), (99890, 9824));
+    let (train, val) = gralora_train::lm::load(&[gralora_train::lm::McTask::ArcE], &home).unwrap();
+    assert_eq!((train.len(), val.len()), (2251, 570));
+    let (train, val) = gralora_train::lm::load(&[gralora_train::lm::McTask::Piqa], &home).unwrap();
+    assert_eq!((train.len(), val.len()), (16113, 1838));
+}

@@ -130,12 +130,6 @@ pub struct McExample {
 }
 
 #[derive(Deserialize)]
-struct Line {
-    doc_id: Option<u64>,
-    doc: Doc,
-}
-
-#[derive(Deserialize)]
 struct Doc {
     query: Option<String>,
     choices: Option<Vec<String>>,
@@ -170,12 +164,16 @@ pub fn read_mc(path: &Path) -> Result<Vec<McExample>> {
         if line.trim().is_empty() {
             continue;
         }
-        let row: Line = serde_json::from_str(&line)
+        let row: serde_json::Value = serde_json::from_str(&line)
             .map_err(|e| data_err(path, format!("line {}: {e}", n + 1)))?;
-        if !seen.insert(row.doc_id.unwrap_or(n as u64)) {
+        // One line per choice, and (in several files) every document twice under two doc_ids:
+        // one example per distinct document.
+        let doc = row.get("doc").cloned().unwrap_or_default();
+        if !seen.insert(doc.to_string()) {
             continue;
         }
-        let d = row.doc;
+        let d: Doc = serde_json::from_value(doc)
+            .map_err(|e| data_err(path, format!("line {}: {e}", n + 1)))?;
         let bad = || data_err(path, format!("line {}: unexpected document fields", n + 1));
         let example = if let (Some(s), Some(o1), Some(o2), Some(a)) =
             (&d.sentence, &d.option1, &d.option2, &d.answer)
