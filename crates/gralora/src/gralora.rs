@@ -98,8 +98,7 @@ impl GraLoraAdapter {
     /// - x: `[T, in]`
     /// - output: `[T, out]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y =
-            Self::blocks_composite(x.clone(), self.a.val(), self.b.val()).mul_scalar(self.scale);
+        let y = crate::ops::gralora_blocks(x.clone(), self.a.val(), self.b.val(), self.scale);
         match &self.general {
             Some(g) => y + g.forward(x),
             None => y,
