@@ -572,16 +572,12 @@ pub(crate) fn train_decoder(
     report: crate::train::Report<'_>,
 ) -> Result<crate::train::Finished> {
     use crate::train::{
-        DECODER_TARGETS, EvalMetrics, Finished, Method, RunMetrics, peak_rss_mib, schedule,
-        trainable, write_json,
+        DECODER_TARGETS, EvalMetrics, Finished, Method, RunMetrics, peak_rss_mib, trainable,
+        write_json,
     };
-    use burn::module::ParamGroup;
-    use burn::optim::AdamWConfig;
-    use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrSchedulerConfig;
-    use burn::train::metric::{LearningRateMetric, LossMetric};
-    use burn::train::{Interrupter, Learner, SupervisedTraining};
+    use burn::train::metric::LossMetric;
+    use burn::train::{Interrupter, SupervisedTraining};
     use gralora::{AdaptOptions, Targets, attach_adapters};
-    use std::io::IsTerminal;
 
     let config = run.config;
     let tasks = mc_tasks(&config.task).map_err(|_| {
@@ -686,54 +682,26 @@ pub(crate) fn train_decoder(
     let done = run.resumed_from.unwrap_or(0);
     let loader = LmLoader::new(items.clone(), config.batch_size, Some(config.seed), &ad)
         .starting_after(done);
-    let total = loader.num_batches().div_ceil(config.grad_accum) * config.epochs;
-    let warmup = ((config.warmup * total as f64).round() as usize).min(total.saturating_sub(1));
+    let batches_per_epoch = loader.num_batches();
     let valid = LmLoader::new(val_items, config.batch_size, None, run.device);
-    let mut lr = ModuleLrSchedulerConfig::new(schedule(config.lr, warmup, total));
-    if config.b_lr_ratio != 1.0 && !b_ids.is_empty() {
-        lr = lr.with_group(
-            ParamGroup::from_ids(b_ids),
-            schedule(config.lr * config.b_lr_ratio, warmup, total),
-        );
-    }
-    let lr = lr.init().map_err(TrainError::Usage)?;
-    let optim = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
-    let mut training = SupervisedTraining::new(run.dir.run(), Arc::new(loader), Arc::new(valid))
-        .metrics((LossMetric::new(),))
-        .metric_train_numeric(LearningRateMetric::new())
-        .with_default_checkpointers()
-        .with_interrupter(interrupter)
-        .num_epochs(config.epochs)
-        .with_application_logger(None);
-    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
-        training = training.renderer(Box::new(crate::renderer::LineRenderer::new(
-            std::time::Duration::from_secs(15),
-        )));
-    }
-    if config.grad_accum > 1 {
-        training = training.grads_accumulation(config.grad_accum);
-    }
-    if let Some(epoch) = run.resumed_from {
-        report(&format!("resuming after epoch {epoch}"));
-        training = training.checkpoint(epoch);
-    }
-    let t0 = std::time::Instant::now();
-    let result = training.launch(Learner::new(model, optim.into(), lr));
-    let train_s = t0.elapsed().as_secs_f64();
-    if let Some((step, value)) = guard.non_finite() {
-        return Err(TrainError::NonFinite {
-            step,
-            value,
-            lr: config.lr,
-        });
-    }
-    if let Some(e) = result.error {
-        return Err(TrainError::Training(e.to_string()));
-    }
+    let training = SupervisedTraining::new(run.dir.run(), Arc::new(loader), Arc::new(valid))
+        .metrics((LossMetric::new(),));
+    let (trained, train_s) = crate::train::fit(
+        training,
+        model,
+        crate::train::Fit {
+            config,
+            batches_per_epoch,
+            b_ids,
+            interrupter,
+            guard: &guard,
+            resumed_from: run.resumed_from,
+            dir: &run.dir,
+        },
+        report,
+    )?;
     let epochs_done = run.dir.last_checkpoint().unwrap_or(config.epochs).max(done);
-    let mut trained = result.model.model;
+    let mut trained = trained.model;
     let eval: EvalMetrics = evaluate_mc(&trained, &tok, &val, config.max_len, run.device)?;
     match config.method {
         Method::Full => {

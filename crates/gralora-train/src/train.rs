@@ -751,21 +751,7 @@ pub fn train(
         }
         dir.last_checkpoint()
     } else {
-        if out.exists()
-            && std::fs::read_dir(out)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
-            let hint = if dir.config().is_file() && !dir.metrics().is_file() {
-                "an unfinished run is there: add --resume to continue it, or pick another --out"
-            } else {
-                "pick another --out (nothing is overwritten)"
-            };
-            return Err(TrainError::Usage(format!(
-                "{} is not empty; {hint}",
-                out.display()
-            )));
-        }
+        check_out_dir(out, &dir)?;
         None
     };
     // Model, tokenizer and data.
@@ -890,9 +876,7 @@ pub fn train(
         &ad,
     )
     .starting_after(done);
-    let steps_per_epoch = train_loader.num_batches().div_ceil(config.grad_accum);
-    let total = steps_per_epoch * config.epochs;
-    let warmup = ((config.warmup * total as f64).round() as usize).min(total.saturating_sub(1));
+    let batches_per_epoch = train_loader.num_batches();
     // Validation order does not matter: by length, for less padding.
     let mut by_len = prepared.eval.clone();
     by_len.sort_by_key(|i| i.encoded.ids.len());
@@ -903,66 +887,28 @@ pub fn train(
         prepared.tokenizer_pad,
         device,
     );
-    let mut lr = ModuleLrSchedulerConfig::new(schedule(config.lr, warmup, total));
-    if config.b_lr_ratio != 1.0 && !b_ids.is_empty() {
-        lr = lr.with_group(
-            ParamGroup::from_ids(b_ids),
-            schedule(config.lr * config.b_lr_ratio, warmup, total),
-        );
-    }
-    let lr = lr.init().map_err(TrainError::Usage)?;
-    let optim = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
-
-    let mut training = SupervisedTraining::new(
+    let training = SupervisedTraining::new(
         dir.run(),
         std::sync::Arc::new(train_loader),
         std::sync::Arc::new(valid_loader),
     )
-    .metrics((AccuracyMetric::new(), LossMetric::new()))
-    .metric_train_numeric(LearningRateMetric::new())
-    .with_default_checkpointers()
-    .with_interrupter(interrupter)
-    .num_epochs(config.epochs)
-    .with_application_logger(None);
-    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
-        training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(15))));
-    }
-    if config.grad_accum > 1 {
-        training = training.grads_accumulation(config.grad_accum);
-    }
-    if let Some(n) = config.patience {
-        training = training.early_stopping(MetricEarlyStoppingStrategy::new(
-            &LossMetric::new(),
-            Aggregate::Mean,
-            Direction::Lowest,
-            Split::Valid,
-            StoppingCondition::NoImprovementSince { n_epochs: n },
-        ));
-    }
-    if let Some(epoch) = resumed_from {
-        report(&format!(
-            "resuming after epoch {epoch} from {}",
-            dir.run().display()
-        ));
-        training = training.checkpoint(epoch);
-    }
-    let train_start = Instant::now();
-    let result = training.launch(Learner::new(model, optim.into(), lr));
-    let train_s = train_start.elapsed().as_secs_f64();
-    if let Some((step, value)) = guard.non_finite() {
-        return Err(TrainError::NonFinite {
-            step,
-            value,
-            lr: config.lr,
-        });
-    }
-    if let Some(e) = result.error {
-        return Err(TrainError::Training(e.to_string()));
-    }
+    .metrics((AccuracyMetric::new(), LossMetric::new()));
+    let (result, train_s) = fit(
+        training,
+        model,
+        Fit {
+            config,
+            batches_per_epoch,
+            b_ids,
+            interrupter,
+            guard: &guard,
+            resumed_from,
+            dir: &dir,
+        },
+        report,
+    )?;
     let epochs_done = dir.last_checkpoint().unwrap_or(config.epochs).max(done);
-    let trained = result.model.model;
+    let trained = result.model;
 
     // Final evaluation on the inner device, then the files.
     let metrics_eval = evaluate(
@@ -1015,6 +961,104 @@ pub fn train(
     })
 }
 
+/// What [`fit`] needs besides the model and burn-train's loaders and metrics.
+pub(crate) struct Fit<'a> {
+    pub config: &'a TrainConfig,
+    pub batches_per_epoch: usize,
+    pub b_ids: Vec<ParamId>,
+    pub interrupter: Interrupter,
+    pub guard: &'a LossGuard,
+    pub resumed_from: Option<usize>,
+    pub dir: &'a RunDir,
+}
+
+/// The part of every run that is the same: AdamW, warmup + cosine over all optimiser steps (LoRA+'s
+/// B group at lr × ratio), checkpoints, early stopping, accumulation, progress lines, resume, and
+/// the outcome as an error or the trained model with the training wall time.
+pub(crate) fn fit<M: burn::train::LearnerModel>(
+    mut training: SupervisedTraining<M>,
+    model: M,
+    f: Fit<'_>,
+    report: Report<'_>,
+) -> Result<(M, f64)> {
+    let config = f.config;
+    let total = f.batches_per_epoch.div_ceil(config.grad_accum) * config.epochs;
+    let warmup = ((config.warmup * total as f64).round() as usize).min(total.saturating_sub(1));
+    let mut lr = ModuleLrSchedulerConfig::new(schedule(config.lr, warmup, total));
+    if config.b_lr_ratio != 1.0 && !f.b_ids.is_empty() {
+        lr = lr.with_group(
+            ParamGroup::from_ids(f.b_ids),
+            schedule(config.lr * config.b_lr_ratio, warmup, total),
+        );
+    }
+    let lr = lr.init().map_err(TrainError::Usage)?;
+    let optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
+    training = training
+        .metric_train_numeric(LearningRateMetric::new())
+        .with_default_checkpointers()
+        .with_interrupter(f.interrupter)
+        .num_epochs(config.epochs)
+        .with_application_logger(None);
+    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+        training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(15))));
+    }
+    if config.grad_accum > 1 {
+        training = training.grads_accumulation(config.grad_accum);
+    }
+    if let Some(n) = config.patience {
+        training = training.early_stopping(MetricEarlyStoppingStrategy::new(
+            &LossMetric::new(),
+            Aggregate::Mean,
+            Direction::Lowest,
+            Split::Valid,
+            StoppingCondition::NoImprovementSince { n_epochs: n },
+        ));
+    }
+    if let Some(epoch) = f.resumed_from {
+        report(&format!(
+            "resuming after epoch {epoch} from {}",
+            f.dir.run().display()
+        ));
+        training = training.checkpoint(epoch);
+    }
+    let start = Instant::now();
+    let result = training.launch(Learner::new(model, optim.into(), lr));
+    let train_s = start.elapsed().as_secs_f64();
+    if let Some((step, value)) = f.guard.non_finite() {
+        return Err(TrainError::NonFinite {
+            step,
+            value,
+            lr: config.lr,
+        });
+    }
+    if let Some(e) = result.error {
+        return Err(TrainError::Training(e.to_string()));
+    }
+    Ok((result.model, train_s))
+}
+
+/// Refuse a non-empty `out` unless resuming.
+pub(crate) fn check_out_dir(out: &Path, dir: &RunDir) -> Result<()> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        let hint = if dir.config().is_file() && !dir.metrics().is_file() {
+            "an unfinished run is there: add --resume to continue it, or pick another --out"
+        } else {
+            "pick another --out (nothing is overwritten)"
+        };
+        return Err(TrainError::Usage(format!(
+            "{} is not empty; {hint}",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
 /// k-fold cross-validation on a task's dev set: fold `i` trains on the others into `out/fold-i`;
 /// `out/metrics.json` holds the means and every fold. Finished folds are kept on `--resume`.
 fn train_folds(
@@ -1034,15 +1078,8 @@ fn train_folds(
                 out.display()
             )));
         }
-    } else if out.exists()
-        && std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(TrainError::Usage(format!(
-            "{} is not empty; pick another --out, or add --resume to continue an unfinished run",
-            out.display()
-        )));
+    } else {
+        check_out_dir(out, &dir)?;
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     if !resume {
