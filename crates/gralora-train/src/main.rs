@@ -197,7 +197,8 @@ struct BenchStepArgs {
     /// Model: an alias (minilm) or a Hugging Face BERT-family snapshot directory.
     #[arg(long, default_value = "minilm")]
     model: String,
-    /// lora, gralora or full.
+    /// lora, gralora or full, or several comma-separated (timed one after the other in this run;
+    /// ratios are to the first; peak memory is the process's so far: time one method for it).
     #[arg(long, default_value = "gralora")]
     method: String,
     #[command(flatten)]
@@ -604,12 +605,14 @@ fn eval_gsm8k(args: EvalArgs) -> Result<(), Error> {
 }
 
 fn bench_step(args: BenchStepArgs) -> Result<(), Error> {
-    let method: Method = args.method.parse()?;
-    if method.is_gora() {
+    let methods: Vec<Method> = args
+        .method
+        .split(',')
+        .map(|m| m.trim().parse())
+        .collect::<Result<_, _>>()?;
+    if methods.iter().any(|m| m.is_gora()) {
         return Err("bench step times lora, gralora or full (GoRA trains the same adapters as lora/gralora)".into());
     }
-    let mut config = TrainConfig::new(&args.model, "sst2", method);
-    adapter_config(&mut config, &args.adapter);
     fetch_missing(&args.model, None)?;
     let device = gralora::device::select(&args.device)?;
     let source = ModelSource::resolve(&args.model, &assets::home())?;
@@ -617,39 +620,47 @@ fn bench_step(args: BenchStepArgs) -> Result<(), Error> {
     else {
         return Err("bench step takes an encoder (BERT family), e.g. --model minilm".into());
     };
-    let r = gralora_train::train::bench_step(
-        bert,
-        &config,
-        args.batch_size,
-        args.seq_len,
-        args.warmup,
-        args.iters.max(1),
-        &device,
-    )?;
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "method": args.method, "rank": config.rank, "k": config.k,
-                "batch_size": args.batch_size, "seq_len": args.seq_len, "device": device_name(&device),
-                "ms_per_step": r.ms_per_step, "tokens_per_s": r.tokens_per_s,
-                "peak_rss_mb": r.peak_rss_mb, "trainable_params": r.trainable_params,
-            })
-        );
-    } else {
-        println!(
-            "{} r={} k={} batch {}×{} on {}: {:.1} ms/step, {:.0} tokens/s, peak memory {:.0} MiB, {} trainable parameters",
-            args.method,
-            config.rank,
-            config.k,
+    let mut first_ms = None;
+    for method in methods {
+        let mut config = TrainConfig::new(&args.model, "sst2", method);
+        adapter_config(&mut config, &args.adapter);
+        let r = gralora_train::train::bench_step(
+            bert.clone(),
+            &config,
             args.batch_size,
             args.seq_len,
-            device_name(&device),
-            r.ms_per_step,
-            r.tokens_per_s,
-            r.peak_rss_mb.unwrap_or(f64::NAN),
-            r.trainable_params
-        );
+            args.warmup,
+            args.iters.max(1),
+            &device,
+        )?;
+        let ratio = r.ms_per_step / *first_ms.get_or_insert(r.ms_per_step);
+        let name = serde_json::to_value(method)?;
+        let name = name.as_str().unwrap_or_default();
+        if args.json {
+            println!(
+                "{}",
+                json!({
+                    "method": name, "rank": config.rank, "k": config.k,
+                    "batch_size": args.batch_size, "seq_len": args.seq_len, "device": device_name(&device),
+                    "ms_per_step": r.ms_per_step, "tokens_per_s": r.tokens_per_s,
+                    "peak_rss_mb": r.peak_rss_mb, "trainable_params": r.trainable_params,
+                    "time_ratio_to_first": ratio,
+                })
+            );
+        } else {
+            println!(
+                "{name:<8} r={} k={} batch {}×{} on {}: {:.1} ms/step ({ratio:.3}× the first), {:.0} tokens/s, peak memory so far {:.0} MiB, {} trainable parameters",
+                config.rank,
+                config.k,
+                args.batch_size,
+                args.seq_len,
+                device_name(&device),
+                r.ms_per_step,
+                r.tokens_per_s,
+                r.peak_rss_mb.unwrap_or(f64::NAN),
+                r.trainable_params
+            );
+        }
     }
     Ok(())
 }
