@@ -827,3 +827,85 @@ fn real_task_files_have_their_published_sizes() {
     let (train, val) = gralora_train::lm::load(&[gralora_train::lm::McTask::Piqa], &home).unwrap();
     assert_eq!((train.len(), val.len()), (16113, 1838));
 }
+
+#[test]
+fn a_decoder_trains_on_a_commonsense_task_and_its_adapter_reloads() {
+    let Some(home) = excerpt_home("decoder") else {
+        return;
+    };
+    let real = gralora_models::assets::home().join("smollm2");
+    if !real.is_dir() {
+        if std::env::var("GRALORA_REQUIRE_ASSETS").as_deref() == Ok("1") {
+            panic!("GRALORA_REQUIRE_ASSETS=1 but smollm2 is not fetched");
+        }
+        return;
+    }
+    std::os::unix::fs::symlink(&real, home.join("smollm2")).unwrap();
+    // The excerpt has validation questions only: train on them too (this checks the mechanics).
+    let dir = home.join("commonsense/arc_easy");
+    std::fs::create_dir_all(dir.join("train_rc_5shot")).unwrap();
+    std::fs::copy(
+        dir.join("val_rc_5shot/requests.jsonl.gz"),
+        dir.join("train_rc_5shot/requests.jsonl.gz"),
+    )
+    .unwrap();
+    let out = home.join("run");
+    let o = gralora(
+        &[
+            "train",
+            "--model",
+            "smollm2",
+            "--task",
+            "arc-e",
+            "--method",
+            "gralora",
+            "--rank",
+            "8",
+            "--k",
+            "2",
+            "--targets",
+            "q_proj,v_proj",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-eval",
+            "3",
+            "--device",
+            "flex",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &home,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = metrics(&out);
+    assert_eq!(m.train_examples, 4, "4 distinct questions in the excerpt");
+    assert!(m.baseline_accuracy.is_some());
+    assert_eq!(m.eval.examples, 3);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "GRALORA");
+    let o = gralora(
+        &[
+            "eval",
+            "--model",
+            "smollm2",
+            "--adapter",
+            out.to_str().unwrap(),
+            "--task",
+            "arc-e",
+            "--max-eval",
+            "3",
+            "--device",
+            "flex",
+            "--json",
+        ],
+        &home,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((e["accuracy"].as_f64().unwrap() - m.eval.accuracy).abs() < 1e-9);
+    assert!((e["loss"].as_f64().unwrap() - m.eval.loss).abs() < 1e-4);
+}

@@ -577,7 +577,7 @@ pub(crate) fn train_decoder(
     };
     use burn::train::metric::LossMetric;
     use burn::train::{Interrupter, SupervisedTraining};
-    use gralora::{AdaptOptions, Targets, attach_adapters};
+    use gralora::{AdaptOptions, attach_adapters};
 
     let config = run.config;
     let tasks = mc_tasks(&config.task).map_err(|_| {
@@ -626,12 +626,8 @@ pub(crate) fn train_decoder(
     let mut llama = trainable(llama, config.method);
     let mut b_ids = Vec::new();
     if let Some(adapter) = config.adapter()? {
-        let targets = if config.targets.is_empty() {
-            Targets::names(DECODER_TARGETS.iter().map(|s| s.to_string()))
-        } else {
-            Targets::names(config.targets.clone())
-        };
-        let r = attach_adapters(&mut llama, &AdaptOptions::new(adapter, targets))?;
+        let options = AdaptOptions::new(adapter, config.targets_or(DECODER_TARGETS));
+        let r = attach_adapters(&mut llama, &options)?;
         report(format!("{r}").lines().last().unwrap_or_default());
         b_ids = crate::train::b_param_ids(&mut llama);
     }
@@ -656,14 +652,9 @@ pub(crate) fn train_decoder(
             adev.seed(config.seed.wrapping_add(b as u64));
             answer_log_probs(m, LmBatch::new(&refs, &adev)).mean().neg()
         };
-        let targets = if config.targets.is_empty() {
-            Targets::names(DECODER_TARGETS.iter().map(|s| s.to_string()))
-        } else {
-            Targets::names(config.targets.clone())
-        };
         let r = crate::gora::attach(
             &mut llama,
-            targets,
+            config.targets_or(DECODER_TARGETS),
             &config.gora_config(),
             config.gora_k(),
             config.gora.steps,

@@ -195,7 +195,8 @@ pub const DECODER_TARGETS: &[&str] = &[
 ];
 
 impl TrainConfig {
-    fn targets_or(&self, default: &[&str]) -> Targets {
+    /// The configured targets, or `default` when none were given.
+    pub(crate) fn targets_or(&self, default: &[&str]) -> Targets {
         if self.targets.is_empty() {
             Targets::names(default.iter().map(|s| s.to_string()))
         } else {
