@@ -42,18 +42,24 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// `path` inside the asset cache, or None (skip) when it is not there, unless
+/// `GRALORA_REQUIRE_ASSETS=1`, where that is a failure.
+fn fetched(asset: &str, path: &str) -> Option<PathBuf> {
+    let p = gralora_models::assets::home().join(path);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("GRALORA_REQUIRE_ASSETS").as_deref() == Ok("1") {
+        panic!("GRALORA_REQUIRE_ASSETS=1 but {asset} is not fetched; run `gralora fetch {asset}`");
+    }
+    eprintln!("skipped: {asset} not fetched (gralora fetch {asset})");
+    None
+}
+
 /// A GRALORA_HOME with the data excerpts and (linked) the real MiniLM, or None to skip.
 fn excerpt_home(name: &str) -> Option<PathBuf> {
+    fetched("minilm", "minilm/model.safetensors")?;
     let real = gralora_models::assets::home().join("minilm");
-    if !real.join("model.safetensors").is_file() {
-        if std::env::var("GRALORA_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!(
-                "GRALORA_REQUIRE_ASSETS=1 but minilm is not fetched; run `gralora fetch minilm`"
-            );
-        }
-        eprintln!("skipped: minilm not fetched (gralora fetch minilm)");
-        return None;
-    }
     let home = tmp_dir(name);
     copy_tree(&fixtures(), &home);
     std::os::unix::fs::symlink(&real, home.join("minilm")).unwrap();
@@ -147,15 +153,9 @@ fn pair_task_loaders_match_the_python_reading() {
 
 #[test]
 fn real_sst2_dev_set_has_the_glue_counts() {
-    let home = gralora_models::assets::home();
-    let path = home.join(data::SST2_DEV);
-    if !path.is_file() {
-        if std::env::var("GRALORA_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!("GRALORA_REQUIRE_ASSETS=1 but glue is not fetched");
-        }
-        eprintln!("skipped: glue not fetched");
+    let Some(path) = fetched("glue", data::SST2_DEV) else {
         return;
-    }
+    };
     let exp = expected();
     let dev = data::read_sst2_arrow(&path).unwrap();
     assert_eq!(
@@ -528,7 +528,9 @@ fn multiple_choice_loaders_match_the_python_reading() {
 #[test]
 fn answer_log_probs_equal_the_full_forward_of_smollm2() {
     use gralora_train::lm::{LmBatch, LmItem, answer_log_probs};
-    let path = gralora_models::assets::home().join("smollm2");
+    let Some(path) = fetched("smollm2", "smollm2") else {
+        return;
+    };
     let gguf = std::fs::read_dir(&path).ok().and_then(|mut d| {
         d.find_map(|e| {
             e.ok()
@@ -536,13 +538,7 @@ fn answer_log_probs_equal_the_full_forward_of_smollm2() {
                 .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
         })
     });
-    let Some(gguf) = gguf else {
-        if std::env::var("GRALORA_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!("GRALORA_REQUIRE_ASSETS=1 but smollm2 is not fetched");
-        }
-        eprintln!("skipped: smollm2 not fetched");
-        return;
-    };
+    let gguf = gguf.expect("the smollm2 asset holds a .gguf file");
     let device = burn::tensor::Device::flex();
     let file = gralora_models::gguf::GgufFile::open(&gguf).unwrap();
     let tok = gralora_models::TextTokenizer::from_gguf(&file).unwrap();
@@ -618,7 +614,11 @@ fn glue_pairs_and_cross_validation_folds() {
     a.sort();
     b.sort();
     assert_eq!(a, b);
-    assert_eq!(all.fold(7, 3, 1).eval, all.fold(7, 3, 1).eval, "seeded");
+    assert_ne!(
+        all.fold(7, 3, 1).eval,
+        all.fold(8, 3, 1).eval,
+        "the seed picks the folds"
+    );
 }
 
 #[test]
@@ -728,7 +728,6 @@ fn gora_estimation_leaves_weights_alone_and_its_init_descends() {
         let trainable = gralora_train::classify::trainable_params(&m);
         let head = 384 * 2 + 2;
         assert_eq!(trainable, r.params + head, "k = {k}");
-        assert!(m.clone().valid().num_params() > 0);
     }
 }
 
@@ -833,13 +832,9 @@ fn a_decoder_trains_on_a_commonsense_task_and_its_adapter_reloads() {
     let Some(home) = excerpt_home("decoder") else {
         return;
     };
-    let real = gralora_models::assets::home().join("smollm2");
-    if !real.is_dir() {
-        if std::env::var("GRALORA_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!("GRALORA_REQUIRE_ASSETS=1 but smollm2 is not fetched");
-        }
+    let Some(real) = fetched("smollm2", "smollm2") else {
         return;
-    }
+    };
     std::os::unix::fs::symlink(&real, home.join("smollm2")).unwrap();
     // The excerpt has validation questions only: train on them too (this checks the mechanics).
     let dir = home.join("commonsense/arc_easy");

@@ -210,6 +210,20 @@ impl EpochLoader {
         self.items.len().div_ceil(self.batch_size)
     }
 
+    /// The examples.
+    pub fn items(&self) -> &[Item] {
+        &self.items
+    }
+
+    /// The same examples (shared, not copied) with another seed and its own epoch count.
+    pub fn reseeded(&self, seed: u64) -> Self {
+        Self {
+            seed: Some(seed),
+            epoch: Arc::new(AtomicUsize::new(0)),
+            ..self.clone()
+        }
+    }
+
     /// The example order of epoch `epoch` (0-based), batch by batch. With a seed: shuffled,
     /// then sorted by length inside windows of 32 batches (less padding), then the full batches
     /// shuffled again (a short last batch stays last).

@@ -208,7 +208,7 @@ impl TaskData {
     }
 }
 
-fn data_err(path: &Path, msg: impl std::fmt::Display) -> TrainError {
+pub(crate) fn data_err(path: &Path, msg: impl std::fmt::Display) -> TrainError {
     TrainError::Data {
         path: path.to_path_buf(),
         msg: msg.to_string(),
@@ -395,7 +395,8 @@ struct SnliLine {
     sentence2: String,
 }
 
-fn json_lines(path: &Path) -> Result<Box<dyn BufRead>> {
+/// The lines of a `.jsonl` or `.jsonl.gz` file (a missing file says how to fetch it).
+pub(crate) fn json_lines(path: &Path) -> Result<Box<dyn BufRead>> {
     let file = open(path)?;
     let gz = path.extension().is_some_and(|e| e == "gz");
     Ok(if gz {
@@ -489,4 +490,22 @@ pub fn read_boolq(path: &Path) -> Result<Vec<Example>> {
         });
     }
     non_empty(path, out)
+}
+
+/// The first `n` of `v` (all without `n`), after a shuffle seeded by `seed` when `shuffle`.
+pub(crate) fn seeded_subset<T>(
+    mut v: Vec<T>,
+    n: Option<usize>,
+    seed: u64,
+    shuffle: bool,
+) -> Vec<T> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    if let Some(n) = n {
+        if shuffle && n < v.len() {
+            v.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        }
+        v.truncate(n.max(1));
+    }
+    v
 }

@@ -46,14 +46,7 @@ pub fn read(path: &Path) -> Result<Vec<Problem>> {
         path: path.to_path_buf(),
         msg,
     };
-    let file = std::fs::File::open(path).map_err(|e| {
-        err(if e.kind() == std::io::ErrorKind::NotFound {
-            "file not found (run `gralora fetch gsm8k`)".into()
-        } else {
-            e.to_string()
-        })
-    })?;
-    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
+    let reader = crate::data::json_lines(path)?;
     let mut out = Vec::new();
     for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| err(e.to_string()))?;

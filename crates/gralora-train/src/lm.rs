@@ -23,6 +23,7 @@ use rand::seq::SliceRandom;
 use serde::Deserialize;
 
 use crate::classify::LossGuard;
+use crate::data::data_err;
 use crate::error::{Result, TrainError};
 
 /// A multiple-choice task of the commonsense suite.
@@ -140,23 +141,9 @@ struct Doc {
     answer: Option<String>,
 }
 
-fn data_err(path: &Path, msg: impl std::fmt::Display) -> TrainError {
-    TrainError::Data {
-        path: path.to_path_buf(),
-        msg: msg.to_string(),
-    }
-}
-
 /// Read one task's requests file (one example per document).
 pub fn read_mc(path: &Path) -> Result<Vec<McExample>> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            data_err(path, "file not found (run `gralora fetch commonsense`)")
-        } else {
-            data_err(path, e)
-        }
-    })?;
-    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
+    let reader = crate::data::json_lines(path)?;
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (n, line) in reader.lines().enumerate() {
@@ -554,16 +541,6 @@ pub fn mc_tasks(name: &str) -> Result<Vec<McTask>> {
     }
 }
 
-fn seeded_subset<T>(mut v: Vec<T>, n: Option<usize>, seed: u64, shuffle: bool) -> Vec<T> {
-    if let Some(n) = n {
-        if shuffle && n < v.len() {
-            v.shuffle(&mut StdRng::seed_from_u64(seed));
-        }
-        v.truncate(n.max(1));
-    }
-    v
-}
-
 /// Fine-tune a decoder on multiple-choice tasks (see [`crate::train::train`]).
 pub(crate) fn train_decoder(
     run: crate::train::Run<'_>,
@@ -595,8 +572,8 @@ pub(crate) fn train_decoder(
     }
     let (train, val) = load(&tasks, run.home)?;
     let mixed = tasks.len() > 1;
-    let train = seeded_subset(train, config.max_train, config.seed, true);
-    let val = seeded_subset(val, config.max_eval, config.seed, mixed);
+    let train = crate::data::seeded_subset(train, config.max_train, config.seed, true);
+    let val = crate::data::seeded_subset(val, config.max_eval, config.seed, mixed);
     report(&format!(
         "{}: {} train examples, {} validation examples",
         config.task,

@@ -35,7 +35,7 @@ use gralora_models::{Bert, BertClassifier, LoadedModel, ModelSource, Pooling, Te
 use serde::{Deserialize, Serialize};
 
 use crate::classify::{ClassBatch, EpochLoader, Item, LossGuard, TextClassifier};
-use crate::data::{Example, Task};
+use crate::data::{Example, Task, seeded_subset};
 use crate::error::{Result, TrainError};
 use crate::renderer::LineRenderer;
 
@@ -343,6 +343,9 @@ impl TrainConfig {
         }
         if self.folds < 2 || self.fold.is_some_and(|f| f >= self.folds) {
             return usage(format!("--folds {} must be at least 2", self.folds));
+        }
+        if self.max_train == Some(0) {
+            return usage("--max-train 0 leaves nothing to train on".into());
         }
         if self.max_len < 8 {
             return usage(format!(
@@ -694,23 +697,8 @@ fn prepare(config: &TrainConfig, home: &Path, tokenizer: &mut TextTokenizer) -> 
     if let Some(fold) = config.fold {
         data = data.fold(config.seed, config.folds, fold);
     }
-    if let Some(n) = config.max_train {
-        if n == 0 {
-            return Err(TrainError::Usage(
-                "--max-train 0 leaves nothing to train on".into(),
-            ));
-        }
-        if n < data.train.len() {
-            use rand::SeedableRng;
-            use rand::seq::SliceRandom;
-            let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-            data.train.shuffle(&mut rng);
-            data.train.truncate(n);
-        }
-    }
-    if let Some(n) = config.max_eval {
-        data.eval.truncate(n.max(1));
-    }
+    data.train = seeded_subset(data.train, config.max_train, config.seed, true);
+    data.eval = seeded_subset(data.eval, config.max_eval, config.seed, false);
     let train = tokenize(tokenizer, &data.train, config.max_len)?;
     let eval = tokenize(tokenizer, &data.eval, config.max_len)?;
     Ok(Prepared {
@@ -820,20 +808,26 @@ pub fn train(
         }
         None => {}
     }
+    let done = resumed_from.unwrap_or(0);
+    let train_examples = prepared.train.len();
+    let tokens: usize = prepared.train.iter().map(|i| i.encoded.ids.len()).sum();
+    let train_loader = EpochLoader::new(
+        prepared.train,
+        config.batch_size,
+        Some(config.seed),
+        prepared.tokenizer_pad,
+        &ad,
+    )
+    .starting_after(done);
     let mut gora_report = None;
     if config.method.is_gora() {
-        let batches: Vec<Vec<usize>> = EpochLoader::new(
-            prepared.train.clone(),
-            config.batch_size,
-            Some(config.seed ^ 0x6f72),
-            0,
-            &ad,
-        )
-        .batches(0)
-        .into_iter()
-        .take(config.gora.steps)
-        .collect();
-        let items = &prepared.train;
+        let batches: Vec<Vec<usize>> = train_loader
+            .reseeded(config.seed ^ 0x6f72)
+            .batches(0)
+            .into_iter()
+            .take(config.gora.steps)
+            .collect();
+        let items = train_loader.items();
         let pad = prepared.tokenizer_pad;
         let adev = ad.clone();
         let loss = move |m: &BertClassifier, b: usize| {
@@ -868,18 +862,9 @@ pub fn train(
     let trainable = model.num_params_trainable();
     report(&format!("trainable parameters: {trainable}"));
 
-    let done = resumed_from.unwrap_or(0);
-    let train_loader = EpochLoader::new(
-        prepared.train.clone(),
-        config.batch_size,
-        Some(config.seed),
-        prepared.tokenizer_pad,
-        &ad,
-    )
-    .starting_after(done);
     let batches_per_epoch = train_loader.num_batches();
     // Validation order does not matter: by length, for less padding.
-    let mut by_len = prepared.eval.clone();
+    let mut by_len = prepared.eval.clone(); // the originals are scored after training
     by_len.sort_by_key(|i| i.encoded.ids.len());
     let valid_loader = EpochLoader::new(
         by_len,
@@ -918,7 +903,6 @@ pub fn train(
         prepared.tokenizer_pad,
         config.batch_size * 2,
     );
-    let tokens: usize = prepared.train.iter().map(|i| i.encoded.ids.len()).sum();
     let epochs_here = epochs_done.saturating_sub(done).max(1);
     let mut trained = trained;
     match config.method {
@@ -939,7 +923,7 @@ pub fn train(
         model: config.model.clone(),
         device: format!("{device:?}"),
         train_split: train_name.into(),
-        train_examples: prepared.train.len(),
+        train_examples,
         eval_split: eval_name.into(),
         eval: metrics_eval,
         epochs: epochs_done,
@@ -1200,16 +1184,8 @@ pub fn eval(
         } => {
             let tasks = crate::lm::mc_tasks(task_name)?;
             let (_, val) = crate::lm::load(&tasks, home)?;
-            let mut val = val;
-            if let Some(n) = max_eval {
-                if tasks.len() > 1 && n < val.len() {
-                    use rand::SeedableRng;
-                    use rand::seq::SliceRandom;
-                    let seed = saved.as_ref().map_or(42, |c| c.seed);
-                    val.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-                }
-                val.truncate(n.max(1));
-            }
+            let seed = saved.as_ref().map_or(42, |c| c.seed);
+            let val = seeded_subset(val, max_eval, seed, tasks.len() > 1);
             return crate::lm::evaluate_mc(
                 &model,
                 &tokenizer,
@@ -1238,11 +1214,8 @@ pub fn eval(
         });
     }
     let model = load_head(bert, &dir.head(), pooling)?;
-    let mut data = task.load(home)?;
-    if let Some(n) = max_eval {
-        data.eval.truncate(n.max(1));
-    }
-    let items = tokenize(&mut tokenizer, &data.eval, max_len.unwrap_or(128))?;
+    let eval = seeded_subset(task.load(home)?.eval, max_eval, 0, false);
+    let items = tokenize(&mut tokenizer, &eval, max_len.unwrap_or(128))?;
     Ok(evaluate(&model, &items, pad_id(&tokenizer), batch_size))
 }
 
