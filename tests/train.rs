@@ -904,3 +904,77 @@ fn a_decoder_trains_on_a_commonsense_task_and_its_adapter_reloads() {
     assert!((e["accuracy"].as_f64().unwrap() - m.eval.accuracy).abs() < 1e-9);
     assert!((e["loss"].as_f64().unwrap() - m.eval.loss).abs() < 1e-4);
 }
+
+#[test]
+fn grad_deviation_at_init_matches_the_random_projection_law() {
+    // At initialisation (B = 0) the update direction of LoRA is D = s² A Aᵀ G with A random, so
+    // E‖AᵀG‖² / (‖AAᵀG‖ ‖G‖) gives cos(D, G) ≈ √(r / (in + r + 1)) whatever G is; GraLoRA's
+    // blocks give the same law (r/k of in/k per block). The command must reproduce it.
+    let Some(home) = excerpt_home("deviation") else {
+        return;
+    };
+    let out = home.join("dev");
+    let spec = gralora_train::experiment::DeviationSpec {
+        model: "minilm".into(),
+        task: "sst2".into(),
+        ranks: vec![8, 64],
+        methods: vec![Method::Lora, Method::Gralora],
+        k: None,
+        layer: None,
+        batches: 2,
+        batch_size: 4,
+        max_len: 64,
+        seed: 3,
+        from: None,
+    };
+    let device = burn::tensor::Device::flex();
+    let r = gralora_train::experiment::grad_deviation(&spec, &out, &device, &home, &mut |_| {})
+        .unwrap();
+    assert!(r.layer.ends_with(".output.dense") && !r.layer.contains("attention"));
+    assert_eq!(r.channels.d_in, 1536);
+    assert!(r.channels.outlier_ratio > 1.0);
+    assert_eq!(r.rows.len(), 4);
+    for row in &r.rows {
+        let law = (row.rank as f64 / (1536.0 + row.rank as f64 + 1.0)).sqrt();
+        assert!(
+            (row.cosine - law).abs() < 0.15 * law,
+            "{} r{}: cos {} vs {law}",
+            row.method,
+            row.rank,
+            row.cosine
+        );
+        assert!((row.deviation - (2.0 - 2.0 * row.cosine).sqrt()).abs() < 1e-12);
+        assert_eq!(
+            row.k,
+            if row.method == "gralora" {
+                if row.rank == 8 { 2 } else { 4 }
+            } else {
+                1
+            }
+        );
+    }
+    for f in [
+        "deviation.csv",
+        "deviation.md",
+        "deviation.json",
+        "channels.csv",
+        "grad-deviation.svg",
+        "grad-deviation.png",
+        "channels.svg",
+        "channels.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let channels = std::fs::read_to_string(out.join("channels.csv")).unwrap();
+    assert_eq!(channels.lines().count(), 1 + 1536);
+    // A layer that does not exist is a clear error.
+    let mut bad = spec.clone();
+    bad.layer = Some("encoder.layer.9.output.dense".into());
+    let err = gralora_train::experiment::grad_deviation(&bad, &out, &device, &home, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no linear layer `encoder.layer.9.output.dense`"),
+        "{err}"
+    );
+}

@@ -17,9 +17,11 @@
 pub mod classify;
 pub mod data;
 mod error;
+pub mod experiment;
 pub mod gora;
 pub mod gsm8k;
 pub mod lm;
+pub mod plot;
 pub mod renderer;
 pub mod train;
 

@@ -12,7 +12,9 @@ use gralora_models::assets::{self, Fetched, Progress};
 use gralora_models::source::{LoadedModel, ModelSource};
 use gralora_models::{Bert, BertInput, Sampler};
 use gralora_train::data::Task;
-use gralora_train::train::{GoraSettings, Method, RunDir, TrainConfig, peak_rss_mib};
+use gralora_train::train::{
+    GoraSettings, Method, MethodOptions, RunDir, TrainConfig, peak_rss_mib,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -44,6 +46,110 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Experiments that check the papers' claims: tables (CSV, Markdown) and plots (SVG, PNG).
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+}
+
+// Parsed once per process; the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum ExperimentCommand {
+    /// Train every method at every rank; one table and one plot of the metric against rank.
+    /// Finished runs in --out are reused, interrupted ones resumed.
+    RankSweep(SweepArgs),
+    /// Compare the update direction of LoRA and GraLoRA with full fine-tuning's gradient of one
+    /// layer, per rank, and report the layer's input-channel outliers (GraLoRA paper, Fig. 3).
+    GradDeviation(DeviationArgs),
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Model: an alias (minilm, smollm2) or a Hugging Face snapshot directory.
+    #[arg(long)]
+    model: String,
+    /// Task (as for `train`).
+    #[arg(long)]
+    task: String,
+    /// Ranks, comma-separated (GoRA: the reference rank of its budget).
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128")]
+    ranks: Vec<usize>,
+    /// Methods, comma-separated: lora, gralora, gora, gora-gralora; full runs once as a reference line.
+    #[arg(long, value_delimiter = ',', default_value = "lora,gralora")]
+    methods: Vec<String>,
+    /// GraLoRA's k at every rank. Default: the paper's rule r/k² ≈ 8 (2 up to r = 32, 4 from 64).
+    #[arg(long)]
+    k: Option<usize>,
+    /// alpha. Default 2·r (GoRA: 16).
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Dropout on the adapter input.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Linear layers to adapt (as for `train`).
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    #[command(flatten)]
+    hyper: HyperArgs,
+    /// auto, wgpu or flex.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Directory of the sweep: one run directory per method and rank, results.csv, results.md,
+    /// rank-sweep.svg, rank-sweep.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the table as JSON lines on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DeviationArgs {
+    /// Model: an alias (minilm) or a BERT-family snapshot directory.
+    #[arg(long, default_value = "minilm")]
+    model: String,
+    /// Encoder task whose training examples make the batches.
+    #[arg(long, default_value = "sst2")]
+    task: String,
+    /// Ranks, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128")]
+    ranks: Vec<usize>,
+    /// lora and/or gralora.
+    #[arg(long, value_delimiter = ',', default_value = "lora,gralora")]
+    methods: Vec<String>,
+    /// GraLoRA's k at every rank. Default: the paper's rule.
+    #[arg(long)]
+    k: Option<usize>,
+    /// The layer, by module path (e.g. encoder.layer.0.output.dense). Default: the FFN output
+    /// layer whose inputs have the strongest outlier channel.
+    #[arg(long)]
+    layer: Option<String>,
+    /// Batches the gradients are summed over.
+    #[arg(long, default_value_t = 8)]
+    batches: usize,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Truncate inputs to this many tokens.
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Seed of the batches, the head and the adapters.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// A rank-sweep directory: measure at its trained adapters (<method>-r<rank>) instead of at
+    /// initialisation.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// auto, wgpu or flex.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Output directory: deviation.csv/.md/.json, channels.csv, grad-deviation.svg/.png,
+    /// channels.svg/.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the rows as JSON lines on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +196,25 @@ struct TrainArgs {
     method: String,
     #[command(flatten)]
     adapter: AdapterArgs,
+    #[command(flatten)]
+    hyper: HyperArgs,
+    /// auto (a GPU through wgpu if present, else the CPU), wgpu, or flex (CPU).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Output directory (adapter in PEFT's format, classifier head, train_config.json, metrics.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the unfinished run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Print the metrics as one JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Training settings shared by `train` and `experiment rank-sweep`.
+#[derive(Args)]
+struct HyperArgs {
     /// Epochs.
     #[arg(long, default_value_t = 3)]
     epochs: usize,
@@ -150,18 +275,6 @@ struct TrainArgs {
     /// Pooling for the head: mean or cls.
     #[arg(long, default_value = "mean")]
     pooling: String,
-    /// auto (a GPU through wgpu if present, else the CPU), wgpu, or flex (CPU).
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Output directory (adapter in PEFT's format, classifier head, train_config.json, metrics.json).
-    #[arg(long)]
-    out: PathBuf,
-    /// Continue the unfinished run in --out from its last checkpoint.
-    #[arg(long)]
-    resume: bool,
-    /// Print the metrics as one JSON line on stdout.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
@@ -294,6 +407,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Bench(BenchCommand::Step(args)) => bench_step(args),
+        Command::Experiment(ExperimentCommand::RankSweep(args)) => rank_sweep(args),
+        Command::Experiment(ExperimentCommand::GradDeviation(args)) => grad_deviation(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -409,6 +524,67 @@ fn model_asset(model: &str) -> Option<&'static str> {
         .map(|a| a.name)
 }
 
+/// A training configuration from the command line (method-dependent defaults from the library).
+fn build_config(
+    model: &str,
+    task: &str,
+    method: Method,
+    adapter: &AdapterArgs,
+    h: &HyperArgs,
+) -> Result<TrainConfig, Error> {
+    let mut c = TrainConfig::new(model, task, method);
+    adapter_config(&mut c, adapter);
+    c.set_method(
+        method,
+        adapter.rank,
+        MethodOptions {
+            alpha: adapter.alpha,
+            lr: h.lr,
+            b_lr_ratio: h.b_lr_ratio,
+        },
+    );
+    c.epochs = h.epochs;
+    if method.is_gora() {
+        c.gora = GoraSettings {
+            steps: h.gora_steps,
+            r_min: h.r_min,
+            r_max: h.r_max,
+            feature: match h.gora_feature.as_str() {
+                "sqrt" => Feature::Sqrt,
+                "identity" => Feature::Identity,
+                other => {
+                    return Err(
+                        format!("unknown --gora-feature `{other}`; use sqrt or identity").into(),
+                    );
+                }
+            },
+            importance: match h.gora_importance.as_str() {
+                "mean-abs" => Importance::MeanAbs,
+                "frobenius" => Importance::Frobenius,
+                other => {
+                    return Err(format!(
+                        "unknown --gora-importance `{other}`; use mean-abs or frobenius"
+                    )
+                    .into());
+                }
+            },
+            gamma: h.gamma,
+        };
+    }
+    c.weight_decay = h.weight_decay;
+    c.warmup = h.warmup;
+    c.batch_size = h.batch_size;
+    c.grad_accum = h.grad_accum;
+    c.max_len = h.max_len;
+    c.seed = h.seed;
+    c.max_train = h.max_train;
+    c.max_eval = h.max_eval;
+    c.patience = h.patience;
+    c.pooling = h.pooling.clone();
+    c.folds = h.folds;
+    Ok(c)
+}
+
 fn train(args: TrainArgs) -> Result<(), Error> {
     let config = if args.resume {
         let dir = RunDir(args.out.clone());
@@ -422,61 +598,13 @@ fn train(args: TrainArgs) -> Result<(), Error> {
         dir.read_config()?
     } else {
         let method: Method = args.method.parse()?;
-        let mut c = TrainConfig::new(
+        build_config(
             args.model.as_deref().unwrap_or_default(),
             args.task.as_deref().unwrap_or_default(),
             method,
-        );
-        adapter_config(&mut c, &args.adapter);
-        c.epochs = args.epochs;
-        if let Some(lr) = args.lr {
-            c.lr = lr;
-        }
-        c.b_lr_ratio = args
-            .b_lr_ratio
-            .unwrap_or(if method.is_gora() { 16.0 } else { 1.0 });
-        if method.is_gora() {
-            c.rank = args.adapter.rank;
-            c.alpha = args.adapter.alpha.unwrap_or(16.0);
-            c.gora = GoraSettings {
-                steps: args.gora_steps,
-                r_min: args.r_min,
-                r_max: args.r_max,
-                feature: match args.gora_feature.as_str() {
-                    "sqrt" => Feature::Sqrt,
-                    "identity" => Feature::Identity,
-                    other => {
-                        return Err(format!(
-                            "unknown --gora-feature `{other}`; use sqrt or identity"
-                        )
-                        .into());
-                    }
-                },
-                importance: match args.gora_importance.as_str() {
-                    "mean-abs" => Importance::MeanAbs,
-                    "frobenius" => Importance::Frobenius,
-                    other => {
-                        return Err(format!(
-                            "unknown --gora-importance `{other}`; use mean-abs or frobenius"
-                        )
-                        .into());
-                    }
-                },
-                gamma: args.gamma,
-            };
-        }
-        c.weight_decay = args.weight_decay;
-        c.warmup = args.warmup;
-        c.batch_size = args.batch_size;
-        c.grad_accum = args.grad_accum;
-        c.max_len = args.max_len;
-        c.seed = args.seed;
-        c.max_train = args.max_train;
-        c.max_eval = args.max_eval;
-        c.patience = args.patience;
-        c.pooling = args.pooling.clone();
-        c.folds = args.folds;
-        c
+            &args.adapter,
+            &args.hyper,
+        )?
     };
     config.validate()?;
     fetch_missing(&config.model, Some(&config.task))?;
@@ -661,6 +789,117 @@ fn bench_step(args: BenchStepArgs) -> Result<(), Error> {
                 r.trainable_params
             );
         }
+    }
+    Ok(())
+}
+
+fn parse_methods(list: &[String]) -> Result<Vec<Method>, Error> {
+    let mut methods = Vec::new();
+    for m in list {
+        let m: Method = m.trim().parse()?;
+        if !methods.contains(&m) {
+            methods.push(m);
+        }
+    }
+    Ok(methods)
+}
+
+fn rank_sweep(args: SweepArgs) -> Result<(), Error> {
+    let methods = parse_methods(&args.methods)?;
+    let adapter = AdapterArgs {
+        rank: args.ranks.first().copied().unwrap_or(8),
+        k: args.k.unwrap_or(2),
+        hybrid_r: 0,
+        alpha: args.alpha,
+        dropout: args.dropout,
+        targets: args.targets.clone(),
+    };
+    // Built as GoRA so that GoRA's settings are parsed; other methods drop them.
+    let base = build_config(&args.model, &args.task, Method::Gora, &adapter, &args.hyper)?;
+    let spec = gralora_train::experiment::SweepSpec {
+        base,
+        ranks: args.ranks.clone(),
+        methods,
+        k: args.k,
+        options: MethodOptions {
+            alpha: args.alpha,
+            lr: args.hyper.lr,
+            b_lr_ratio: args.hyper.b_lr_ratio,
+        },
+    };
+    let runs = spec.runs()?;
+    fetch_missing(&args.model, Some(&args.task))?;
+    let device = gralora::device::select(&args.device)?;
+    eprintln!(
+        "rank sweep: {} runs of {} on {} on {} into {}",
+        runs.len(),
+        args.model,
+        args.task,
+        device_name(&device),
+        args.out.display()
+    );
+    let home = assets::home();
+    let rows = gralora_train::experiment::rank_sweep(
+        &spec,
+        &args.out,
+        &mut |line| eprintln!("{line}"),
+        &mut |config, out, resume, report| {
+            gralora_train::train::train(config, out, resume, &device, &home, report).map(|_| ())
+        },
+    )?;
+    if args.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        print!(
+            "{}",
+            std::fs::read_to_string(args.out.join("results.md")).unwrap_or_default()
+        );
+        println!(
+            "table: {0}/results.csv, {0}/results.md; plot: {0}/rank-sweep.svg, {0}/rank-sweep.png",
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn grad_deviation(args: DeviationArgs) -> Result<(), Error> {
+    let spec = gralora_train::experiment::DeviationSpec {
+        model: args.model.clone(),
+        task: args.task.clone(),
+        ranks: args.ranks.clone(),
+        methods: parse_methods(&args.methods)?,
+        k: args.k,
+        layer: args.layer.clone(),
+        batches: args.batches,
+        batch_size: args.batch_size,
+        max_len: args.max_len,
+        seed: args.seed,
+        from: args.from.clone(),
+    };
+    fetch_missing(&args.model, Some(&args.task))?;
+    let device = gralora::device::select(&args.device)?;
+    let r = gralora_train::experiment::grad_deviation(
+        &spec,
+        &args.out,
+        &device,
+        &assets::home(),
+        &mut |line| eprintln!("{line}"),
+    )?;
+    if args.json {
+        for row in &r.rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+    } else {
+        print!(
+            "{}",
+            std::fs::read_to_string(args.out.join("deviation.md")).unwrap_or_default()
+        );
+        println!(
+            "files: {0}/deviation.csv, {0}/channels.csv, {0}/grad-deviation.svg/.png, {0}/channels.svg/.png",
+            args.out.display()
+        );
     }
     Ok(())
 }

@@ -170,6 +170,17 @@ pub struct TrainConfig {
     pub gora: GoraSettings,
 }
 
+/// Settings whose defaults depend on the method ([`TrainConfig::set_method`]); `None`: the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MethodOptions {
+    /// alpha.
+    pub alpha: Option<f64>,
+    /// Peak learning rate.
+    pub lr: Option<f64>,
+    /// LoRA+ ratio of the B matrices' learning rate.
+    pub b_lr_ratio: Option<f64>,
+}
+
 fn default_folds() -> usize {
     5
 }
@@ -243,6 +254,22 @@ impl TrainConfig {
             fold: None,
             gora: GoraSettings::default(),
         }
+    }
+
+    /// Set the method and rank, with the defaults that depend on them where `options` leaves a
+    /// value out: alpha 2·r (GoRA: 16, its scale being alpha/√r), learning rate 1e-3 (full
+    /// fine-tuning: 5e-5), LoRA+ ratio 1 (GoRA: 16).
+    pub fn set_method(&mut self, method: Method, rank: usize, options: MethodOptions) {
+        let gora = method.is_gora();
+        self.method = method;
+        self.rank = rank;
+        self.alpha = options
+            .alpha
+            .unwrap_or(if gora { 16.0 } else { 2.0 * rank as f64 });
+        self.lr = options
+            .lr
+            .unwrap_or(if method == Method::Full { 5e-5 } else { 1e-3 });
+        self.b_lr_ratio = options.b_lr_ratio.unwrap_or(if gora { 16.0 } else { 1.0 });
     }
 
     /// The task.

@@ -1,5 +1,7 @@
 //! A frozen base `Linear` with an optional adapter on the activation path.
 
+use std::sync::{Arc, Mutex};
+
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Tensor};
@@ -22,6 +24,80 @@ pub struct AdaptedLinear {
     pub dropout: Option<Dropout>,
     /// Whether ΔW has been folded into `base`.
     pub merged: bool,
+    /// Records per-channel statistics of the inputs when set (like a forward hook); not a
+    /// parameter, never saved.
+    #[module(skip)]
+    pub probe: Option<InputProbe>,
+}
+
+/// Per-input-channel statistics of what a layer has seen: attach one to
+/// [`AdaptedLinear::probe`], run the model, read [`InputProbe::stats`]. Clones share the
+/// statistics. Every forward then reads two `[in]` vectors back to the host, so probe only for
+/// analysis (e.g. finding outlier input channels), not in training.
+#[derive(Debug, Clone, Default)]
+pub struct InputProbe(Arc<Mutex<InputStats>>);
+
+/// What an [`InputProbe`] has accumulated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InputStats {
+    /// Rows (tokens) seen.
+    pub tokens: usize,
+    /// `Σ |x_c|` over the rows, per input channel `c`.
+    pub sum_abs: Vec<f64>,
+    /// `max |x_c|` over the rows, per input channel.
+    pub max_abs: Vec<f32>,
+}
+
+impl InputStats {
+    /// Mean `|x_c|` per input channel.
+    pub fn mean_abs(&self) -> Vec<f64> {
+        let n = self.tokens.max(1) as f64;
+        self.sum_abs.iter().map(|s| s / n).collect()
+    }
+}
+
+impl InputProbe {
+    /// An empty probe.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A copy of the statistics so far.
+    pub fn stats(&self) -> InputStats {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Add the rows of `x: [T, in]`.
+    pub fn record(&self, x: &Tensor<2>) {
+        let [rows, d_in] = x.dims();
+        let abs = x.clone().detach().abs();
+        let read = |t: Tensor<2>| -> Vec<f32> {
+            t.into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .unwrap_or_default()
+        };
+        let sums = read(abs.clone().sum_dim(0));
+        let maxes = read(abs.max_dim(0));
+        if sums.len() != d_in || maxes.len() != d_in {
+            return;
+        }
+        let Ok(mut s) = self.0.lock() else { return };
+        if s.sum_abs.len() != d_in {
+            *s = InputStats {
+                tokens: 0,
+                sum_abs: vec![0.0; d_in],
+                max_abs: vec![0.0; d_in],
+            };
+        }
+        s.tokens += rows;
+        for (acc, v) in s.sum_abs.iter_mut().zip(&sums) {
+            *acc += f64::from(*v);
+        }
+        for (acc, v) in s.max_abs.iter_mut().zip(&maxes) {
+            *acc = acc.max(*v);
+        }
+    }
 }
 
 impl AdaptedLinear {
@@ -32,6 +108,7 @@ impl AdaptedLinear {
             adapter: None,
             dropout: None,
             merged: false,
+            probe: None,
         }
     }
 
@@ -85,6 +162,9 @@ impl AdaptedLinear {
         // One `[tokens, in] x [in, out]` matmul: the CPU backend runs a broadcast batched matmul
         // as many small ones.
         let x2: Tensor<2> = input.reshape([-1, d_in as i32]);
+        if let Some(probe) = &self.probe {
+            probe.record(&x2);
+        }
         let y = self.base.forward(x2.clone());
         let adapter = match (&self.adapter, self.merged) {
             (Some(adapter), false) => adapter,
@@ -152,4 +232,43 @@ pub trait AdapterHost {
     /// Call `f` once for every adaptable linear layer with its module path
     /// (e.g. `encoder.layer.0.attention.self.query`).
     fn for_each_linear_mut(&mut self, f: &mut dyn FnMut(&str, &mut AdaptedLinear));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn probe_records_mean_and_max_abs_per_input_channel_over_all_rows() {
+        let device = Device::flex();
+        let mut layer = AdaptedLinear::new(LinearConfig::new(3, 2).init(&device));
+        let probe = InputProbe::new();
+        layer.probe = Some(probe.clone());
+        // Two calls, [2, 2, 3] then [1, 3]: five rows in all.
+        let a = [
+            1.0f32, -2.0, 0.5, -3.0, 0.0, 1.0, 2.0, 2.0, -4.0, 0.0, 1.0, 0.0,
+        ];
+        let b = [-1.0f32, 5.0, 0.5];
+        let _ = layer.forward(Tensor::<3>::from_data(
+            TensorData::new(a.to_vec(), [2, 2, 3]),
+            &device,
+        ));
+        let _ = layer.forward(Tensor::<2>::from_data(
+            TensorData::new(b.to_vec(), [1, 3]),
+            &device,
+        ));
+        let s = probe.stats();
+        assert_eq!(s.tokens, 5);
+        let rows: Vec<&[f32]> = a.chunks(3).chain(b.chunks(3)).collect();
+        for c in 0..3 {
+            let sum: f64 = rows.iter().map(|r| f64::from(r[c].abs())).sum();
+            let max = rows.iter().map(|r| r[c].abs()).fold(0.0f32, f32::max);
+            assert!((s.mean_abs()[c] - sum / 5.0).abs() < 1e-6, "channel {c}");
+            assert_eq!(s.max_abs[c], max, "channel {c}");
+        }
+        // The probe is no parameter: the module's parameter count is unchanged.
+        assert_eq!(layer.num_params(), 3 * 2 + 2);
+    }
 }

@@ -32,7 +32,7 @@ pub mod peft;
 mod targets;
 
 pub use adapt::{AdaptReport, AdaptedLayer, DenseAdapter, adapt, attach_adapters, linear_layers};
-pub use adapted_linear::{AdaptedLinear, AdapterHost};
+pub use adapted_linear::{AdaptedLinear, AdapterHost, InputProbe, InputStats};
 pub use adapter::Adapter;
 pub use config::{AdapterConfig, GraLoraConfig, Init, LoraConfig, recommended_k};
 pub use error::AdapterError;
