@@ -692,7 +692,7 @@ pub(crate) fn train_decoder(
         _ => gralora::save_peft(&mut trained, run.out, Some(&config.model))?,
     }
     let tokens: usize = items.iter().map(|i| i.ids.len()).sum();
-    let epochs_here = epochs_done.saturating_sub(done).max(1);
+    let epochs_here = epochs_done.saturating_sub(done);
     let metrics = RunMetrics {
         task: config.task.clone(),
         method: config.method,
@@ -706,7 +706,11 @@ pub(crate) fn train_decoder(
         trainable_params,
         wall_s: run.started.elapsed().as_secs_f64(),
         train_s,
-        tokens_per_s: (tokens * epochs_here) as f64 / train_s.max(1e-9),
+        tokens_per_s: if epochs_here == 0 {
+            0.0
+        } else {
+            (tokens * epochs_here) as f64 / train_s.max(1e-9)
+        },
         peak_rss_mb: peak_rss_mib(),
         gora: gora_report,
         folds: None,

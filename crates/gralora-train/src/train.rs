@@ -424,7 +424,8 @@ pub struct RunMetrics {
     pub wall_s: f64,
     /// Training wall time of this process (excluding loading and final evaluation), seconds.
     pub train_s: f64,
-    /// Training tokens processed per second by this process (real tokens, padding excluded).
+    /// Training tokens processed per second by this process (real tokens, padding excluded); 0 when
+    /// it trained no epoch (a resume after the last epoch's checkpoint).
     pub tokens_per_s: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mb: Option<f64>,
@@ -930,7 +931,7 @@ pub fn train(
         prepared.tokenizer_pad,
         config.batch_size * 2,
     );
-    let epochs_here = epochs_done.saturating_sub(done).max(1);
+    let epochs_here = epochs_done.saturating_sub(done);
     let mut trained = trained;
     match config.method {
         Method::Full => {
@@ -957,7 +958,11 @@ pub fn train(
         trainable_params: trainable,
         wall_s: started.elapsed().as_secs_f64(),
         train_s,
-        tokens_per_s: (tokens * epochs_here) as f64 / train_s.max(1e-9),
+        tokens_per_s: if epochs_here == 0 {
+            0.0
+        } else {
+            (tokens * epochs_here) as f64 / train_s.max(1e-9)
+        },
         peak_rss_mb: peak_rss_mib(),
         gora: gora_report,
         folds: None,
