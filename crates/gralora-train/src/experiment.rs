@@ -91,7 +91,7 @@ impl SweepSpec {
                 }
                 config.validate()?;
                 runs.push(SweepRun {
-                    name: format!("{}-r{rank}", method_name(method)),
+                    name: format!("{}-r{rank}", method),
                     config,
                 });
             }
@@ -108,14 +108,6 @@ impl SweepSpec {
         }
         Ok(runs)
     }
-}
-
-/// The name a method has on the command line.
-pub fn method_name(method: Method) -> String {
-    serde_json::to_value(method)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }
 
 /// Whether a run directory was trained now, resumed, or found finished.
@@ -246,7 +238,7 @@ pub fn rank_sweep(
         let m = read_metrics(&dir)?;
         let c = &run.config;
         let row = SweepRow {
-            method: method_name(c.method),
+            method: c.method.to_string(),
             rank: if c.method == Method::Full { 0 } else { c.rank },
             k: match c.method {
                 Method::Full => 0,
@@ -605,7 +597,7 @@ pub fn grad_deviation(
     {
         return Err(TrainError::Usage(format!(
             "grad-deviation compares lora and gralora with full fine-tuning; `{}` is not one of them",
-            method_name(*m)
+            m
         )));
     }
     let task: Task = spec.task.parse()?;
@@ -711,7 +703,7 @@ pub fn grad_deviation(
                     (clf, "init")
                 }
                 Some(sweep) => {
-                    let run = sweep.join(format!("{}-r{rank}", method_name(method)));
+                    let run = sweep.join(format!("{}-r{rank}", method));
                     (load_run(&source, &run, device)?, "trained")
                 }
             };
@@ -730,7 +722,7 @@ pub fn grad_deviation(
                 } else if l.adapter.is_none() {
                     result = Err(TrainError::Usage(format!(
                         "the sweep run for {} r{rank} has no adapter on {path}",
-                        method_name(method)
+                        method
                     )));
                 }
                 l.base.weight = l.base.weight.clone().set_require_grad(true);
@@ -740,11 +732,12 @@ pub fn grad_deviation(
             });
             result?;
             ad.seed(spec.seed);
-            let (g, ga, gb, adapter, d_out) = layer_gradients(&clf, &layer, &batches, pad, &ad)?;
+            let (g, ga, gb, adapter, d_out) =
+                layer_gradients(&mut clf, &layer, &batches, pad, &ad)?;
             let d = update_direction(&adapter, ga, gb)?;
             let (cos, ds, gs) = compare(&host2(d), &host2(g), d_out, &outlier_rows);
             let row = DeviationRow {
-                method: method_name(method),
+                method: method.to_string(),
                 rank,
                 k: match &adapter {
                     Adapter::GraLora(g) => g.a.dims()[0],
@@ -808,7 +801,7 @@ type LayerGrads = (Tensor<2>, Tensor<3>, Tensor<3>, Adapter, usize);
 
 /// Summed over the batches: ∂L/∂W of `layer`, and ∂L/∂A, ∂L/∂B of its adapter (as `[k, …]`).
 fn layer_gradients(
-    clf: &BertClassifier,
+    clf: &mut BertClassifier,
     layer: &str,
     batches: &[Vec<&Item>],
     pad: u32,
@@ -816,7 +809,6 @@ fn layer_gradients(
 ) -> Result<LayerGrads> {
     let mut sums: Option<(Tensor<2>, Tensor<3>, Tensor<3>)> = None;
     let mut target = None;
-    let mut clf = clf.clone();
     clf.for_each_linear_mut(&mut |path, l| {
         if path == layer {
             target = Some((l.base.weight.clone(), l.adapter.clone(), l.dims().1));
@@ -1241,6 +1233,20 @@ mod tests {
         let runs = s.runs().unwrap();
         assert_eq!(runs.last().unwrap().name, "full");
         assert_eq!(runs.last().unwrap().config.lr, 5e-5);
+    }
+
+    #[test]
+    fn method_names_match_the_parser_and_the_saved_configs() {
+        for m in [
+            Method::Lora,
+            Method::Gralora,
+            Method::Full,
+            Method::Gora,
+            Method::GoraGralora,
+        ] {
+            assert_eq!(m.name().parse::<Method>().unwrap(), m);
+            assert_eq!(serde_json::to_value(m).unwrap(), m.name());
+        }
     }
 
     #[test]

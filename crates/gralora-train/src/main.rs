@@ -762,8 +762,7 @@ fn bench_step(args: BenchStepArgs) -> Result<(), Error> {
             &device,
         )?;
         let ratio = r.ms_per_step / *first_ms.get_or_insert(r.ms_per_step);
-        let name = serde_json::to_value(method)?;
-        let name = name.as_str().unwrap_or_default();
+        let name = method.name();
         if args.json {
             println!(
                 "{}",

@@ -93,6 +93,25 @@ impl Default for GoraSettings {
     }
 }
 
+impl Method {
+    /// The name on the command line and in files (`gora-gralora`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lora => "lora",
+            Self::Gralora => "gralora",
+            Self::Full => "full",
+            Self::Gora => "gora",
+            Self::GoraGralora => "gora-gralora",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for Method {
     type Err = TrainError;
     fn from_str(s: &str) -> Result<Self> {
