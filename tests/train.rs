@@ -332,6 +332,8 @@ fn a_sigkilled_run_resumed_ends_like_an_uninterrupted_one() {
             "flex",
             "--seed",
             "7",
+            "--checkpoint-every",
+            "3",
             "--out",
         ]
         .iter()
@@ -344,7 +346,14 @@ fn a_sigkilled_run_resumed_ends_like_an_uninterrupted_one() {
     let o = gralora(&a.iter().map(String::as_str).collect::<Vec<_>>(), &home);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    // The same run, killed with SIGKILL once epoch 1's checkpoint exists (so in epoch 2).
+    assert!(
+        !full.join("run/steps").exists(),
+        "a finished run drops its mid-epoch checkpoints"
+    );
+    assert!(full.join("run/checkpoint/model-3.bpk").is_file());
+
+    // The same run, killed with SIGKILL once a mid-epoch checkpoint of epoch 2 exists (160
+    // examples in batches of 8: 20 batches per epoch, a checkpoint every 3 optimiser steps).
     let cut = home.join("cut");
     let a = args(&cut);
     let mut child = Command::new(env!("CARGO_BIN_EXE_gralora"))
@@ -354,14 +363,13 @@ fn a_sigkilled_run_resumed_ends_like_an_uninterrupted_one() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let ckpt = cut.join("run/checkpoint");
+    let steps = cut.join("run/steps");
     let start = Instant::now();
     loop {
-        let done = ["model", "optim", "scheduler"]
-            .iter()
-            .all(|n| ckpt.join(format!("{n}-1.bpk")).is_file());
-        if done {
-            std::thread::sleep(Duration::from_millis(300));
+        let in_epoch_2 = gralora_train::steps::complete_checkpoints(&steps)
+            .last()
+            .is_some_and(|&k| k > 20);
+        if in_epoch_2 {
             break;
         }
         assert!(
@@ -378,6 +386,10 @@ fn a_sigkilled_run_resumed_ends_like_an_uninterrupted_one() {
         "a killed run must not look complete"
     );
     assert!(!cut.join("run/checkpoint/model-3.bpk").exists());
+    let at = *gralora_train::steps::complete_checkpoints(&steps)
+        .last()
+        .unwrap();
+    assert!(at % 20 != 0 && at < 40, "killed mid-epoch 2, at batch {at}");
 
     let o = gralora(
         &[
@@ -393,6 +405,13 @@ fn a_sigkilled_run_resumed_ends_like_an_uninterrupted_one() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (x, y) = (metrics(&full), metrics(&cut));
     assert_eq!(y.resumed_from_epoch, Some(1));
+    assert_eq!(
+        y.resumed_from_batch,
+        Some(at),
+        "resumed from the newest step checkpoint"
+    );
+    assert_eq!(x.resumed_from_batch, None);
+    assert!(y.tokens_per_s > 0.0 && x.tokens_per_s > 0.0);
     assert_eq!(x.epochs, 3);
     assert_eq!(y.epochs, 3);
     assert_eq!(x.eval.accuracy, y.eval.accuracy);

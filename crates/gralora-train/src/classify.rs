@@ -1,20 +1,16 @@
-//! Sequence classification with an encoder: the burn-train model, its batches, and a data loader
-//! whose order depends only on (seed, epoch), so a resumed run sees the batches an uninterrupted
-//! run would have seen.
+//! Sequence classification with an encoder: the burn-train model, its batches and their
+//! [`Batching`] for the shared [`SeededLoader`], and the loss guard.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
-use burn::data::dataset::DatasetError;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::{ClassificationOutput, InferenceStep, Interrupter, TrainOutput, TrainStep};
 use gralora_models::{BertClassifier, BertInput, Encoded};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+
+use crate::steps::{Batching, SeededLoader};
 
 /// One tokenised example.
 #[derive(Debug, Clone)]
@@ -70,6 +66,12 @@ impl LossGuard {
             interrupter: Some(interrupter),
             ..Self::default()
         }
+    }
+
+    /// Count training steps from `done` (a resumed run's steps so far).
+    pub fn starting_at(self, done: usize) -> Self {
+        self.steps.store(done, Ordering::Relaxed);
+        self
     }
 
     /// The first non-finite loss seen: `(training step, value)`.
@@ -168,155 +170,31 @@ impl InferenceStep for TextClassifier {
     }
 }
 
-/// Batches of tokenised examples, padded per batch. With a seed, epoch `e` is shuffled by
-/// `StdRng(seed, e)` and the device's generator (dropout) is re-seeded from `(seed, e)`.
-#[derive(Clone)]
-pub struct EpochLoader {
-    items: Arc<Vec<Item>>,
-    batch_size: usize,
-    seed: Option<u64>,
-    epoch: Arc<AtomicUsize>,
-    device: Device,
-    pad: u32,
+/// Batches of encoder examples: padded with `pad`, for [`SeededLoader`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClassBatching {
+    /// The tokenizer's padding id.
+    pub pad: u32,
 }
 
-impl EpochLoader {
-    /// A loader over `items`; `seed: None` keeps the order and leaves the device's generator alone.
-    pub fn new(
-        items: Vec<Item>,
-        batch_size: usize,
-        seed: Option<u64>,
-        pad: u32,
-        device: &Device,
-    ) -> Self {
-        Self {
-            items: Arc::new(items),
-            batch_size: batch_size.max(1),
-            seed,
-            epoch: Arc::new(AtomicUsize::new(0)),
-            device: device.clone(),
-            pad,
-        }
+impl Batching for ClassBatching {
+    type Item = Item;
+    type Batch = ClassBatch;
+    fn tokens(item: &Item) -> usize {
+        item.encoded.ids.len()
     }
-
-    /// Start counting epochs at `done` (the number of epochs a resumed run has completed).
-    pub fn starting_after(self, done: usize) -> Self {
-        self.epoch.store(done, Ordering::SeqCst);
-        self
-    }
-
-    /// Batches per epoch.
-    pub fn num_batches(&self) -> usize {
-        self.items.len().div_ceil(self.batch_size)
-    }
-
-    /// The examples.
-    pub fn items(&self) -> &[Item] {
-        &self.items
-    }
-
-    /// The same examples (shared, not copied) with another seed and its own epoch count.
-    pub fn reseeded(&self, seed: u64) -> Self {
-        Self {
-            seed: Some(seed),
-            epoch: Arc::new(AtomicUsize::new(0)),
-            ..self.clone()
-        }
-    }
-
-    /// The example order of epoch `epoch` (0-based), batch by batch. With a seed: shuffled,
-    /// then sorted by length inside windows of 32 batches (less padding), then the full batches
-    /// shuffled again (a short last batch stays last).
-    pub fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
-        let mut order: Vec<usize> = (0..self.items.len()).collect();
-        let Some(seed) = self.seed else {
-            return order
-                .chunks(self.batch_size)
-                .map(<[usize]>::to_vec)
-                .collect();
-        };
-        let mut rng = StdRng::seed_from_u64(mix(seed, epoch as u64));
-        order.shuffle(&mut rng);
-        for window in order.chunks_mut(self.batch_size * 32) {
-            window.sort_by_key(|&i| self.items[i].encoded.ids.len());
-        }
-        let mut batches: Vec<Vec<usize>> = order
-            .chunks(self.batch_size)
-            .map(<[usize]>::to_vec)
-            .collect();
-        let full = if self.items.len() % self.batch_size == 0 {
-            batches.len()
-        } else {
-            batches.len() - 1
-        };
-        batches[..full].shuffle(&mut rng);
-        batches
+    fn batch(&self, items: &[&Item], device: &Device) -> ClassBatch {
+        ClassBatch::new(items, self.pad, device)
     }
 }
 
-fn mix(seed: u64, epoch: u64) -> u64 {
-    seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-struct EpochIter {
-    loader: EpochLoader,
-    batches: std::vec::IntoIter<Vec<usize>>,
-    done: usize,
-}
-
-impl Iterator for EpochIter {
-    type Item = Result<ClassBatch, DatasetError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        let batch = self.batches.next()?;
-        let items: Vec<&Item> = batch.iter().map(|&i| &self.loader.items[i]).collect();
-        self.done += items.len();
-        Some(Ok(ClassBatch::new(
-            &items,
-            self.loader.pad,
-            &self.loader.device,
-        )))
-    }
-}
-
-impl DataLoaderIterator<ClassBatch> for EpochIter {
-    fn progress(&self) -> Progress {
-        Progress::new(self.done, self.loader.items.len(), Some("examples".into()))
-    }
-}
-
-impl DataLoader<ClassBatch> for EpochLoader {
-    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ClassBatch> + 'a> {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst);
-        if let Some(seed) = self.seed {
-            self.device.seed(mix(seed.rotate_left(17), epoch as u64));
-        }
-        Box::new(EpochIter {
-            batches: self.batches(epoch).into_iter(),
-            loader: self.clone(),
-            done: 0,
-        })
-    }
-
-    fn num_items(&self) -> usize {
-        self.items.len()
-    }
-
-    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<ClassBatch>> {
-        let mut this = self.clone();
-        this.device = device.clone();
-        Arc::new(this)
-    }
-
-    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<ClassBatch>> {
-        let mut this = self.clone();
-        this.items = Arc::new(self.items[start..end.min(self.items.len())].to_vec());
-        Arc::new(this)
-    }
-}
+/// The encoder tasks' loader.
+pub type EpochLoader = SeededLoader<ClassBatching>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::data::dataloader::DataLoader;
 
     #[test]
     fn a_non_finite_loss_is_recorded_once_and_stops_training() {
@@ -346,35 +224,15 @@ mod tests {
     }
 
     #[test]
-    fn epoch_order_depends_only_on_seed_and_epoch() {
+    fn batches_are_padded_to_their_longest_example() {
         let device = Device::flex();
-        let a = EpochLoader::new(items(50), 8, Some(3), 0, &device);
-        let b = EpochLoader::new(items(50), 8, Some(3), 0, &device).starting_after(2);
-        // A loader resumed after two epochs yields what the original yields in its third.
-        let _ = a.iter();
-        let _ = a.iter();
-        let third: Vec<Vec<i64>> = a.iter().map(|x| labels(x.unwrap())).collect();
-        let resumed: Vec<Vec<i64>> = b.iter().map(|x| labels(x.unwrap())).collect();
-        assert_eq!(third, resumed);
-        assert_ne!(
-            a.batches(0),
-            a.batches(1),
-            "epochs are shuffled differently"
-        );
-        let b4 = a.batches(4);
-        assert_eq!(b4.last().unwrap().len(), 2, "the short batch stays last");
-        assert!(b4[..6].iter().all(|b| b.len() == 8));
-        let mut sorted: Vec<usize> = b4.concat();
-        sorted.sort();
-        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
-        // Unseeded: in order, and 7 batches of at most 8, padded to each batch's longest.
-        let c = EpochLoader::new(items(50), 8, None, 0, &device);
-        assert_eq!(c.batches(3).concat(), (0..50).collect::<Vec<_>>());
+        let c = EpochLoader::new(items(50), 8, None, ClassBatching { pad: 0 }, &device);
         let batches: Vec<ClassBatch> = c.iter().map(|x| x.unwrap()).collect();
         assert_eq!(batches.len(), 7);
         assert_eq!(batches[6].labels.dims(), [2]);
         assert_eq!(batches[0].input.ids.dims(), [8, 5]);
         assert_eq!(batches[0].tokens, 1 + 2 + 3 + 4 + 5 + 1 + 2 + 3);
+        assert_eq!(labels(batches[0].clone()), [0, 1, 0, 1, 0, 1, 0, 1]);
     }
 
     fn labels(b: ClassBatch) -> Vec<i64> {

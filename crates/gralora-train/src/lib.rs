@@ -23,6 +23,7 @@ pub mod gsm8k;
 pub mod lm;
 pub mod plot;
 pub mod renderer;
+pub mod steps;
 pub mod train;
 
 pub use error::{Result, TrainError};

@@ -7,10 +7,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
-use burn::data::dataset::DatasetError;
 use burn::module::Module;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, ExecutionError, Int, Tensor, TensorData};
@@ -25,6 +22,7 @@ use serde::Deserialize;
 use crate::classify::LossGuard;
 use crate::data::data_err;
 use crate::error::{Result, TrainError};
+use crate::steps::{Batching, ResumePoint, SeededLoader};
 
 /// A multiple-choice task of the commonsense suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,97 +382,23 @@ impl InferenceStep for CausalLm {
     }
 }
 
-/// Batches of [`LmItem`]s; epoch `e` shuffled by `(seed, e)` (see [`crate::classify::EpochLoader`]).
-#[derive(Clone)]
-pub struct LmLoader {
-    items: Arc<Vec<LmItem>>,
-    batch_size: usize,
-    seed: Option<u64>,
-    epoch: Arc<AtomicUsize>,
-    device: Device,
-}
+/// Batches of [`LmItem`]s for [`SeededLoader`].
+#[derive(Debug, Clone, Copy)]
+pub struct LmBatching;
 
-impl LmLoader {
-    /// A loader; `seed: None` keeps the order.
-    pub fn new(items: Vec<LmItem>, batch_size: usize, seed: Option<u64>, device: &Device) -> Self {
-        Self {
-            items: Arc::new(items),
-            batch_size: batch_size.max(1),
-            seed,
-            epoch: Arc::new(AtomicUsize::new(0)),
-            device: device.clone(),
-        }
+impl Batching for LmBatching {
+    type Item = LmItem;
+    type Batch = LmBatch;
+    fn tokens(item: &LmItem) -> usize {
+        item.ids.len()
     }
-
-    /// Start counting epochs at `done`.
-    pub fn starting_after(self, done: usize) -> Self {
-        self.epoch.store(done, Ordering::SeqCst);
-        self
-    }
-
-    /// Batches per epoch.
-    pub fn num_batches(&self) -> usize {
-        self.items.len().div_ceil(self.batch_size)
+    fn batch(&self, items: &[&LmItem], device: &Device) -> LmBatch {
+        LmBatch::new(items, device)
     }
 }
 
-struct LmIter {
-    loader: LmLoader,
-    order: Vec<usize>,
-    pos: usize,
-}
-
-impl Iterator for LmIter {
-    type Item = std::result::Result<LmBatch, DatasetError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.pos >= self.order.len() {
-            return None;
-        }
-        let end = (self.pos + self.loader.batch_size).min(self.order.len());
-        let items: Vec<&LmItem> = self.order[self.pos..end]
-            .iter()
-            .map(|&i| &self.loader.items[i])
-            .collect();
-        self.pos = end;
-        Some(Ok(LmBatch::new(&items, &self.loader.device)))
-    }
-}
-
-impl DataLoaderIterator<LmBatch> for LmIter {
-    fn progress(&self) -> Progress {
-        Progress::new(self.pos, self.order.len(), Some("examples".into()))
-    }
-}
-
-impl DataLoader<LmBatch> for LmLoader {
-    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch> + 'a> {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) as u64;
-        let mut order: Vec<usize> = (0..self.items.len()).collect();
-        if let Some(seed) = self.seed {
-            let mix = seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            order.shuffle(&mut StdRng::seed_from_u64(mix));
-            self.device.seed(mix.rotate_left(17));
-        }
-        Box::new(LmIter {
-            loader: self.clone(),
-            order,
-            pos: 0,
-        })
-    }
-    fn num_items(&self) -> usize {
-        self.items.len()
-    }
-    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<LmBatch>> {
-        let mut this = self.clone();
-        this.device = device.clone();
-        Arc::new(this)
-    }
-    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<LmBatch>> {
-        let mut this = self.clone();
-        this.items = Arc::new(self.items[start..end.min(self.items.len())].to_vec());
-        Arc::new(this)
-    }
-}
+/// The decoder tasks' loader.
+pub type LmLoader = SeededLoader<LmBatching>;
 
 /// Accuracy of choosing by per-token-normalised log-likelihood; `loss` is the mean per-token
 /// negative log-likelihood of the gold choice.
@@ -583,18 +507,27 @@ pub(crate) fn train_decoder(
     let items = training_items(&tok, &train, config.max_len)?;
     let val_items = training_items(&tok, &val, config.max_len)?;
     std::fs::create_dir_all(run.out).map_err(|e| TrainError::io(run.out, e))?;
-    if run.resumed_from.is_none() && !run.dir.config().is_file() {
+    if !run.resume && !run.dir.config().is_file() {
         write_json(&run.dir.config(), config)?;
     }
-    let baseline = if run.resumed_from.is_none() {
-        let m = evaluate_mc(&llama, &tok, &val, config.max_len, run.device)?;
-        report(&format!(
-            "untrained accuracy {:.4} on {} examples",
-            m.accuracy, m.examples
-        ));
-        Some(m.accuracy)
-    } else {
-        None
+    // The untrained model's score, kept in the run directory for a resumed run.
+    let baseline_path = run.out.join("baseline.json");
+    let saved: Option<EvalMetrics> = run
+        .resume
+        .then(|| std::fs::read_to_string(&baseline_path).ok())
+        .flatten()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let baseline = match saved {
+        Some(m) => m,
+        None => {
+            let m = evaluate_mc(&llama, &tok, &val, config.max_len, run.device)?;
+            report(&format!(
+                "untrained accuracy {:.4} on {} examples",
+                m.accuracy, m.examples
+            ));
+            write_json(&baseline_path, &m)?;
+            m
+        }
     };
 
     let ad = run.device.clone().autodiff();
@@ -643,33 +576,41 @@ pub(crate) fn train_decoder(
         gora_report = Some(r);
     }
     let interrupter = Interrupter::new();
-    let guard = LossGuard::new(interrupter.clone());
+    let loader = LmLoader::new(items, config.batch_size, Some(config.seed), LmBatching, &ad);
+    let batches_per_epoch = loader.num_batches();
+    let resumed_from = run.dir.resume_point(run.resume, batches_per_epoch);
+    let done = resumed_from.map_or(0, ResumePoint::epochs_done);
+    let loader = loader.resume_at(done, resumed_from.map_or(0, ResumePoint::batch_in_epoch));
+    let guard = LossGuard::new(interrupter.clone())
+        .starting_at(resumed_from.map_or(0, |p| p.batches_done(batches_per_epoch)));
     let model = CausalLm::new(llama, 1.0 / config.grad_accum as f64, guard.clone());
     let trainable_params = crate::classify::trainable_params(&model);
     report(&format!("trainable parameters: {trainable_params}"));
-    let done = run.resumed_from.unwrap_or(0);
-    let loader = LmLoader::new(items.clone(), config.batch_size, Some(config.seed), &ad)
-        .starting_after(done);
-    let batches_per_epoch = loader.num_batches();
-    let valid = LmLoader::new(val_items, config.batch_size, None, run.device);
+    let train_examples = loader.items().len();
+    let tokens = loader.token_count();
+    let valid = LmLoader::new(val_items, config.batch_size, None, LmBatching, run.device);
     let training = SupervisedTraining::new(run.dir.run(), Arc::new(loader), Arc::new(valid))
         .metrics((LossMetric::new(),));
-    let (trained, train_s) = crate::train::fit(
+    let fitted = crate::train::fit(
         training,
         model,
         crate::train::Fit {
             config,
+            device: ad.clone(),
             batches_per_epoch,
             b_ids,
             interrupter,
             guard: &guard,
-            resumed_from: run.resumed_from,
+            resumed_from,
             dir: &run.dir,
+            tokens,
         },
         report,
     )?;
     let epochs_done = run.dir.last_checkpoint().unwrap_or(config.epochs).max(done);
-    let mut trained = trained.model;
+    let train_s = fitted.train_s;
+    let tokens_per_s = fitted.tokens_per_s();
+    let mut trained = fitted.result.model.model;
     let eval: EvalMetrics = evaluate_mc(&trained, &tok, &val, config.max_len, run.device)?;
     match config.method {
         Method::Full => {
@@ -691,32 +632,27 @@ pub(crate) fn train_decoder(
         }
         _ => gralora::save_peft(&mut trained, run.out, Some(&config.model))?,
     }
-    let tokens: usize = items.iter().map(|i| i.ids.len()).sum();
-    let epochs_here = epochs_done.saturating_sub(done);
     let metrics = RunMetrics {
         task: config.task.clone(),
         method: config.method,
         model: config.model.clone(),
         device: format!("{:?}", run.device),
         train_split: format!("{} train", config.task),
-        train_examples: items.len(),
+        train_examples,
         eval_split: format!("{} validation", config.task),
         eval,
         epochs: epochs_done,
         trainable_params,
         wall_s: run.started.elapsed().as_secs_f64(),
         train_s,
-        tokens_per_s: if epochs_here == 0 {
-            0.0
-        } else {
-            (tokens * epochs_here) as f64 / train_s.max(1e-9)
-        },
+        tokens_per_s,
         peak_rss_mb: peak_rss_mib(),
         gora: gora_report,
         folds: None,
         accuracy_std: None,
-        baseline_accuracy: baseline,
-        resumed_from_epoch: run.resumed_from,
+        baseline_accuracy: Some(baseline.accuracy),
+        resumed_from_epoch: resumed_from.map(ResumePoint::epochs_done),
+        resumed_from_batch: resumed_from.map(|p| p.batches_done(batches_per_epoch)),
         seed: config.seed,
     };
     write_json(&run.dir.metrics(), &metrics)?;

@@ -272,6 +272,10 @@ struct HyperArgs {
     /// Folds of the cross-validation for tasks with only a dev set (mrpc, rte).
     #[arg(long, default_value_t = 5)]
     folds: usize,
+    /// Also checkpoint every N optimiser steps inside an epoch, so `--resume` loses at most N
+    /// steps (0: checkpoints only at epoch ends).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    checkpoint_every: usize,
     /// Pooling for the head: mean or cls.
     #[arg(long, default_value = "mean")]
     pooling: String,
@@ -582,6 +586,7 @@ fn build_config(
     c.patience = h.patience;
     c.pooling = h.pooling.clone();
     c.folds = h.folds;
+    c.checkpoint_every = h.checkpoint_every;
     Ok(c)
 }
 

@@ -7,10 +7,12 @@
 //!   `classifier.bias`), which PEFT would keep in `modules_to_save`;
 //! - `train_config.json` — every setting (written first; `--resume` reads it back);
 //! - `metrics.json` — written last: a directory without it is not a finished run;
-//! - `run/` — burn-train's logs and per-epoch checkpoints.
+//! - `run/` — burn-train's logs, end-of-epoch checkpoints (`checkpoint/`) and mid-epoch ones (`steps/`).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::module::{Module, ParamGroup, ParamId};
@@ -25,6 +27,7 @@ use burn::train::metric::store::{Aggregate, Direction, Split};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
 use burn::train::{
     Interrupter, Learner, MetricEarlyStoppingStrategy, StoppingCondition, SupervisedTraining,
+    TrainingStrategy,
 };
 use gralora::{
     AdaptOptions, Adapter, AdapterConfig, AdapterHost, GraLoraConfig, LoraConfig, Targets,
@@ -34,10 +37,11 @@ use gralora_models::weights::{SafetensorsFile, TensorSource};
 use gralora_models::{Bert, BertClassifier, LoadedModel, ModelSource, Pooling, TextTokenizer};
 use serde::{Deserialize, Serialize};
 
-use crate::classify::{ClassBatch, EpochLoader, Item, LossGuard, TextClassifier};
+use crate::classify::{ClassBatch, ClassBatching, EpochLoader, Item, LossGuard, TextClassifier};
 use crate::data::{Example, Task, seeded_subset};
 use crate::error::{Result, TrainError};
 use crate::renderer::LineRenderer;
+use crate::steps::{Batching, ResumePoint, StepStrategy, TokensPerSecond};
 
 /// How the model is adapted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +191,9 @@ pub struct TrainConfig {
     /// GoRA's settings (methods `gora`, `gora-gralora`).
     #[serde(default)]
     pub gora: GoraSettings,
+    /// Write a mid-epoch checkpoint every this many optimiser steps (0: only at epoch ends).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
 }
 
 /// Settings whose defaults depend on the method ([`TrainConfig::set_method`]); `None`: the default.
@@ -202,6 +209,10 @@ pub struct MethodOptions {
 
 fn default_folds() -> usize {
     5
+}
+
+fn default_checkpoint_every() -> usize {
+    200
 }
 
 /// Default targets for BERT-family encoders: all six linear layers of every block.
@@ -272,6 +283,7 @@ impl TrainConfig {
             folds: 5,
             fold: None,
             gora: GoraSettings::default(),
+            checkpoint_every: default_checkpoint_every(),
         }
     }
 
@@ -444,7 +456,7 @@ pub struct RunMetrics {
     /// Training wall time of this process (excluding loading and final evaluation), seconds.
     pub train_s: f64,
     /// Training tokens processed per second by this process (real tokens, padding excluded); 0 when
-    /// it trained no epoch (a resume after the last epoch's checkpoint).
+    /// it trained nothing (a resume after the last epoch's checkpoint).
     pub tokens_per_s: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mb: Option<f64>,
@@ -460,8 +472,12 @@ pub struct RunMetrics {
     /// Accuracy of the untrained model on the same evaluation examples (decoder tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_accuracy: Option<f64>,
-    /// Whether the run was resumed from a checkpoint.
+    /// The epochs a resumed run had completed when it was resumed.
     pub resumed_from_epoch: Option<usize>,
+    /// The training batches a resumed run had done when it was resumed (mid-epoch or at an
+    /// epoch's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_batch: Option<usize>,
     /// The seed.
     pub seed: u64,
 }
@@ -612,7 +628,7 @@ pub(crate) struct Run<'a> {
     pub config: &'a TrainConfig,
     pub out: &'a Path,
     pub dir: RunDir,
-    pub resumed_from: Option<usize>,
+    pub resume: bool,
     pub started: Instant,
     pub device: &'a Device,
     pub home: &'a Path,
@@ -643,24 +659,26 @@ impl RunDir {
     pub fn head(&self) -> PathBuf {
         self.0.join("classifier.safetensors")
     }
+    /// burn-train's end-of-epoch checkpoints.
+    pub fn epoch_checkpoints(&self) -> PathBuf {
+        self.run().join("checkpoint")
+    }
+    /// The mid-epoch checkpoints (named by training batches done).
+    pub fn steps(&self) -> PathBuf {
+        self.run().join("steps")
+    }
     /// The last epoch with a complete checkpoint (model, optimiser and scheduler), if any.
     pub fn last_checkpoint(&self) -> Option<usize> {
-        let dir = self.run().join("checkpoint");
-        let entries = std::fs::read_dir(&dir).ok()?;
-        let epochs = entries.filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.strip_prefix("model-")?
-                .strip_suffix(".bpk")?
-                .parse::<usize>()
-                .ok()
-        });
-        epochs
-            .filter(|e| {
-                ["optim", "scheduler"]
-                    .iter()
-                    .all(|n| dir.join(format!("{n}-{e}.bpk")).is_file())
-            })
-            .max()
+        crate::steps::complete_checkpoints(&self.epoch_checkpoints())
+            .last()
+            .copied()
+    }
+    /// Where a resumed run continues (`resume` false: nowhere, a new run).
+    pub fn resume_point(&self, resume: bool, batches_per_epoch: usize) -> Option<ResumePoint> {
+        if !resume {
+            return None;
+        }
+        ResumePoint::newest(&self.epoch_checkpoints(), &self.steps(), batches_per_epoch)
     }
     /// Read a saved configuration.
     pub fn read_config(&self) -> Result<TrainConfig> {
@@ -771,7 +789,7 @@ pub fn train(
     if config.fold.is_none() && config.task().is_ok_and(Task::cross_validated) {
         return train_folds(config, out, resume, device, home, report);
     }
-    let resumed_from = if resume {
+    if resume {
         let saved = dir.read_config()?;
         if &saved != config {
             return Err(TrainError::Usage(format!(
@@ -785,11 +803,9 @@ pub fn train(
                 out.display()
             )));
         }
-        dir.last_checkpoint()
     } else {
         check_out_dir(out, &dir)?;
-        None
-    };
+    }
     // Model, tokenizer and data.
     let source = ModelSource::resolve(&config.model, home)?;
     let loaded = LoadedModel::load(&source, device)?;
@@ -804,7 +820,7 @@ pub fn train(
                 config,
                 out,
                 dir,
-                resumed_from,
+                resume,
                 started,
                 device,
                 home,
@@ -855,17 +871,21 @@ pub fn train(
         }
         None => {}
     }
-    let done = resumed_from.unwrap_or(0);
     let train_examples = prepared.train.len();
-    let tokens: usize = prepared.train.iter().map(|i| i.encoded.ids.len()).sum();
+    let batching = ClassBatching {
+        pad: prepared.tokenizer_pad,
+    };
     let train_loader = EpochLoader::new(
         prepared.train,
         config.batch_size,
         Some(config.seed),
-        prepared.tokenizer_pad,
+        batching,
         &ad,
-    )
-    .starting_after(done);
+    );
+    let resumed_from = dir.resume_point(resume, train_loader.num_batches());
+    let done = resumed_from.map_or(0, ResumePoint::epochs_done);
+    let train_loader =
+        train_loader.resume_at(done, resumed_from.map_or(0, ResumePoint::batch_in_epoch));
     let mut gora_report = None;
     if config.method.is_gora() {
         let batches: Vec<Vec<usize>> = train_loader
@@ -875,7 +895,6 @@ pub fn train(
             .take(config.gora.steps)
             .collect();
         let items = train_loader.items();
-        let pad = prepared.tokenizer_pad;
         let adev = ad.clone();
         let loss = move |m: &BertClassifier, b: usize| {
             let refs: Vec<&Item> = batches[b % batches.len()]
@@ -883,7 +902,7 @@ pub fn train(
                 .map(|&i| &items[i])
                 .collect();
             adev.seed(config.seed.wrapping_add(b as u64));
-            let batch = ClassBatch::new(&refs, pad, &adev);
+            let batch = batching.batch(&refs, &adev);
             let logits = m.forward(&batch.input);
             burn::nn::loss::CrossEntropyLossConfig::new()
                 .init(&adev)
@@ -904,7 +923,8 @@ pub fn train(
     }
 
     let interrupter = Interrupter::new();
-    let guard = LossGuard::new(interrupter.clone());
+    let guard = LossGuard::new(interrupter.clone())
+        .starting_at(resumed_from.map_or(0, |p| p.batches_done(train_loader.num_batches())));
     let model = TextClassifier::new(clf, 1.0 / config.grad_accum as f64, guard.clone());
     let trainable = model.num_params_trainable();
     report(&format!("trainable parameters: {trainable}"));
@@ -913,35 +933,33 @@ pub fn train(
     // Validation order does not matter: by length, for less padding.
     let mut by_len = prepared.eval.clone(); // the originals are scored after training
     by_len.sort_by_key(|i| i.encoded.ids.len());
-    let valid_loader = EpochLoader::new(
-        by_len,
-        config.batch_size * 2,
-        None,
-        prepared.tokenizer_pad,
-        device,
-    );
+    let valid_loader = EpochLoader::new(by_len, config.batch_size * 2, None, batching, device);
+    let tokens = train_loader.token_count();
     let training = SupervisedTraining::new(
         dir.run(),
         std::sync::Arc::new(train_loader),
         std::sync::Arc::new(valid_loader),
     )
     .metrics((AccuracyMetric::new(), LossMetric::new()));
-    let (result, train_s) = fit(
+    let fitted = fit(
         training,
         model,
         Fit {
             config,
+            device: ad.clone(),
             batches_per_epoch,
             b_ids,
             interrupter,
             guard: &guard,
             resumed_from,
             dir: &dir,
+            tokens,
         },
         report,
     )?;
     let epochs_done = dir.last_checkpoint().unwrap_or(config.epochs).max(done);
-    let trained = result.model;
+    let (train_s, tokens_per_s) = (fitted.train_s, fitted.tokens_per_s());
+    let trained = fitted.result.model.model;
 
     // Final evaluation on the inner device, then the files.
     let metrics_eval = evaluate(
@@ -950,7 +968,6 @@ pub fn train(
         prepared.tokenizer_pad,
         config.batch_size * 2,
     );
-    let epochs_here = epochs_done.saturating_sub(done);
     let mut trained = trained;
     match config.method {
         Method::Full => {
@@ -977,17 +994,14 @@ pub fn train(
         trainable_params: trainable,
         wall_s: started.elapsed().as_secs_f64(),
         train_s,
-        tokens_per_s: if epochs_here == 0 {
-            0.0
-        } else {
-            (tokens * epochs_here) as f64 / train_s.max(1e-9)
-        },
+        tokens_per_s,
         peak_rss_mb: peak_rss_mib(),
         gora: gora_report,
         folds: None,
         accuracy_std: None,
         baseline_accuracy: None,
-        resumed_from_epoch: resumed_from,
+        resumed_from_epoch: resumed_from.map(ResumePoint::epochs_done),
+        resumed_from_batch: resumed_from.map(|p| p.batches_done(batches_per_epoch)),
         seed: config.seed,
     };
     write_json(&dir.metrics(), &metrics)?;
@@ -1000,23 +1014,43 @@ pub fn train(
 /// What [`fit`] needs besides the model and burn-train's loaders and metrics.
 pub(crate) struct Fit<'a> {
     pub config: &'a TrainConfig,
+    /// The autodiff device.
+    pub device: Device,
     pub batches_per_epoch: usize,
     pub b_ids: Vec<ParamId>,
     pub interrupter: Interrupter,
     pub guard: &'a LossGuard,
-    pub resumed_from: Option<usize>,
+    pub resumed_from: Option<ResumePoint>,
     pub dir: &'a RunDir,
+    /// The training loader's token count.
+    pub tokens: Arc<AtomicU64>,
+}
+
+/// What [`fit`] gives back.
+pub(crate) struct Fitted<M> {
+    pub result: burn::train::LearningResult<M>,
+    /// Training wall time of this process, seconds.
+    pub train_s: f64,
+    /// Real tokens trained on by this process.
+    pub tokens: u64,
+}
+
+impl<M> Fitted<M> {
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.train_s.max(1e-9)
+    }
 }
 
 /// The part of every run that is the same: AdamW, warmup + cosine over all optimiser steps (LoRA+'s
-/// B group at lr × ratio), checkpoints, early stopping, accumulation, progress lines, resume, and
-/// the outcome as an error or the trained model with the training wall time.
+/// B group at lr × ratio), checkpoints at epoch ends and every `checkpoint_every` optimiser steps,
+/// early stopping, accumulation, progress lines with live tokens/s, resume (at an epoch's end or
+/// mid-epoch), and the outcome as an error or the trained model with the training wall time.
 pub(crate) fn fit<M: burn::train::LearnerModel>(
     mut training: SupervisedTraining<M>,
     model: M,
     f: Fit<'_>,
     report: Report<'_>,
-) -> Result<(M, f64)> {
+) -> Result<Fitted<M>> {
     let config = f.config;
     let total = f.batches_per_epoch.div_ceil(config.grad_accum) * config.epochs;
     let warmup = ((config.warmup * total as f64).round() as usize).min(total.saturating_sub(1));
@@ -1031,17 +1065,27 @@ pub(crate) fn fit<M: burn::train::LearnerModel>(
     let optim = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
         .init();
+    let step_resume = match f.resumed_from {
+        Some(ResumePoint::Step { batches, .. }) => Some(batches),
+        _ => None,
+    };
     training = training
         .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(TokensPerSecond::new(f.tokens.clone()))
         .with_default_checkpointers()
         .with_interrupter(f.interrupter)
         .num_epochs(config.epochs)
-        .with_application_logger(None);
+        .with_application_logger(None)
+        .with_training_strategy(TrainingStrategy::Custom(Arc::new(StepStrategy::new(
+            f.device,
+            config.checkpoint_every,
+            config.grad_accum,
+            f.batches_per_epoch,
+            f.dir.steps(),
+            step_resume,
+        ))));
     if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
         training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(15))));
-    }
-    if config.grad_accum > 1 {
-        training = training.grads_accumulation(config.grad_accum);
     }
     if let Some(n) = config.patience {
         training = training.early_stopping(MetricEarlyStoppingStrategy::new(
@@ -1052,13 +1096,25 @@ pub(crate) fn fit<M: burn::train::LearnerModel>(
             StoppingCondition::NoImprovementSince { n_epochs: n },
         ));
     }
-    if let Some(epoch) = f.resumed_from {
-        report(&format!(
-            "resuming after epoch {epoch} from {}",
-            f.dir.run().display()
-        ));
-        training = training.checkpoint(epoch);
+    match f.resumed_from {
+        Some(ResumePoint::Epoch(epoch)) => {
+            report(&format!(
+                "resuming after epoch {epoch} from {}",
+                f.dir.run().display()
+            ));
+            training = training.checkpoint(epoch);
+        }
+        Some(ResumePoint::Step {
+            batches,
+            epoch,
+            batch,
+        }) => report(&format!(
+            "resuming in epoch {epoch} after its batch {batch} ({batches} batches in all) from {}",
+            f.dir.steps().display()
+        )),
+        None => {}
     }
+    let tokens_before = f.tokens.load(Ordering::Relaxed);
     let start = Instant::now();
     let result = training.launch(Learner::new(model, optim.into(), lr));
     let train_s = start.elapsed().as_secs_f64();
@@ -1069,10 +1125,18 @@ pub(crate) fn fit<M: burn::train::LearnerModel>(
             lr: config.lr,
         });
     }
-    if let Some(e) = result.error {
+    if let Some(e) = &result.error {
         return Err(TrainError::Training(e.to_string()));
     }
-    Ok((result.model, train_s))
+    if result.interrupted.is_none() {
+        // Finished: the mid-epoch checkpoints are superseded by the epoch-end ones.
+        let _ = std::fs::remove_dir_all(f.dir.steps());
+    }
+    Ok(Fitted {
+        result,
+        train_s,
+        tokens: f.tokens.load(Ordering::Relaxed) - tokens_before,
+    })
 }
 
 /// Refuse a non-empty `out` unless resuming.
@@ -1187,6 +1251,7 @@ fn train_folds(
         accuracy_std: Some(std),
         baseline_accuracy: None,
         resumed_from_epoch: None,
+        resumed_from_batch: None,
         seed: config.seed,
     };
     write_json(&dir.metrics(), &metrics)?;
