@@ -397,7 +397,22 @@ struct InferArgs {
     json: bool,
 }
 
+/// Keep freed tensor buffers in glibc's heap instead of handing them back to the kernel: by
+/// default every buffer above 128 KiB is a fresh `mmap` and `munmap`, and each training step then
+/// spends a tenth of its time in page faults on new activation buffers (measured with `perf` on
+/// `bench step`: 15 % faster steps, the same peak memory).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // Safety: mallopt only changes glibc's thresholds; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         // Mesa's Vulkan drivers print an error line when probing adapters without it; gralora
         // itself never reads it. Safety: no other thread exists yet.
