@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use gralora::{AdaptedLinear, AdapterHost};
 use serde::Deserialize;
@@ -143,17 +143,17 @@ impl BertLayer {
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x.clone()));
         let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt()) + bias;
-        let probs = self.attn_dropout.forward(softmax(scores, 3));
+        let probs = crate::dropout::apply(&self.attn_dropout, softmax(scores, 3));
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
-        let a = self.dropout.forward(self.attn_out.forward(ctx));
+        let a = crate::dropout::apply(&self.dropout, self.attn_out.forward(ctx));
         let x = self.attn_norm.forward(a + x);
         let inner = self.intermediate.forward(x.clone());
         let inner = match self.act.as_str() {
             "relu" => burn::tensor::activation::relu(inner),
             "gelu_new" | "gelu_pytorch_tanh" => burn::tensor::activation::gelu_approximate(inner),
-            _ => gelu(inner),
+            _ => crate::gelu::gelu(inner),
         };
-        let o = self.dropout.forward(self.output.forward(inner));
+        let o = crate::dropout::apply(&self.dropout, self.output.forward(inner));
         self.out_norm.forward(o + x)
     }
 }
@@ -340,7 +340,7 @@ impl Bert {
         let x = self.word_embeddings.forward(input.ids.clone())
             + self.position_embeddings.forward(positions)
             + self.token_type_embeddings.forward(input.type_ids.clone());
-        let mut x = self.dropout.forward(self.embed_norm.forward(x));
+        let mut x = crate::dropout::apply(&self.dropout, self.embed_norm.forward(x));
         // Additive mask: 0 for real keys, -1e9 for padding; [b, 1, 1, t].
         let bias = (input.mask.clone() - 1.0)
             .mul_scalar(1e9)
@@ -422,7 +422,8 @@ impl BertClassifier {
             Pooling::Mean
         };
         let pooled = Bert::pool(self.bert.forward(input), &input.mask, pooling);
-        self.classifier.forward(self.dropout.forward(pooled))
+        self.classifier
+            .forward(crate::dropout::apply(&self.dropout, pooled))
     }
 }
 

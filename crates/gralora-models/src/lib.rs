@@ -21,7 +21,9 @@
 
 pub mod assets;
 pub mod bert;
+pub mod dropout;
 mod error;
+pub mod gelu;
 pub mod gguf;
 pub mod llama;
 pub mod source;

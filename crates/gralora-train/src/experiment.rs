@@ -693,7 +693,7 @@ pub fn grad_deviation(
             };
             let (mut clf, state) = match &spec.from {
                 None => {
-                    ad.seed(spec.seed);
+                    crate::steps::seed_device(&ad, spec.seed);
                     let clf = BertClassifier::new(
                         bert.clone().train().no_grad(),
                         task.num_classes(),
@@ -717,7 +717,7 @@ pub fn grad_deviation(
                         Method::Gralora => GraLoraConfig::new(rank, k).into(),
                         _ => LoraConfig::new(rank).into(),
                     };
-                    ad.seed(spec.seed ^ rank as u64);
+                    crate::steps::seed_device(&ad, spec.seed ^ rank as u64);
                     result = l.attach(&config, path).map_err(Into::into);
                 } else if l.adapter.is_none() {
                     result = Err(TrainError::Usage(format!(
@@ -731,7 +731,7 @@ pub fn grad_deviation(
                 }
             });
             result?;
-            ad.seed(spec.seed);
+            crate::steps::seed_device(&ad, spec.seed);
             let (g, ga, gb, adapter, d_out) =
                 layer_gradients(&mut clf, &layer, &batches, pad, &ad)?;
             let d = update_direction(&adapter, ga, gb)?;

@@ -531,8 +531,8 @@ pub(crate) fn train_decoder(
     };
 
     let ad = run.device.clone().autodiff();
-    run.device.seed(config.seed);
-    ad.seed(config.seed);
+    crate::steps::seed_device(&run.device, config.seed);
+    crate::steps::seed_device(&ad, config.seed);
     let mut llama = trainable(llama, config.method);
     let mut b_ids = Vec::new();
     if let Some(adapter) = config.adapter()? {
@@ -559,7 +559,7 @@ pub(crate) fn train_decoder(
                 .iter()
                 .map(|&i| &items_ref[i])
                 .collect();
-            adev.seed(config.seed.wrapping_add(b as u64));
+            crate::steps::seed_device(&adev, config.seed.wrapping_add(b as u64));
             answer_log_probs(m, LmBatch::new(&refs, &adev)).mean().neg()
         };
         let r = crate::gora::attach(

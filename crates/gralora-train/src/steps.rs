@@ -147,6 +147,12 @@ impl<B: Batching> SeededLoader<B> {
     }
 }
 
+/// Seed the device's generator and the CPU dropout masks ([`gralora_models::dropout`]).
+pub fn seed_device(device: &Device, seed: u64) {
+    device.seed(seed);
+    gralora_models::dropout::seed(seed);
+}
+
 fn mix(seed: u64, n: u64) -> u64 {
     seed ^ n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
@@ -173,9 +179,7 @@ impl<B: Batching> Iterator for EpochIter<B> {
         let batch = self.batches.get(self.next)?;
         let items: Vec<&B::Item> = batch.iter().map(|&i| &self.loader.items[i]).collect();
         if let Some(seed) = self.loader.seed {
-            self.loader
-                .device
-                .seed(batch_seed(seed, self.epoch, self.next));
+            seed_device(&self.loader.device, batch_seed(seed, self.epoch, self.next));
         }
         self.next += 1;
         self.done += items.len();

@@ -852,8 +852,8 @@ pub fn train(
 
     // The model: seeded head and adapters, on the autodiff device.
     let ad = device.clone().autodiff();
-    device.seed(config.seed);
-    ad.seed(config.seed);
+    crate::steps::seed_device(&device, config.seed);
+    crate::steps::seed_device(&ad, config.seed);
     let bert = trainable(bert, config.method);
     let mut clf = BertClassifier::new(
         bert,
@@ -901,7 +901,7 @@ pub fn train(
                 .iter()
                 .map(|&i| &items[i])
                 .collect();
-            adev.seed(config.seed.wrapping_add(b as u64));
+            crate::steps::seed_device(&adev, config.seed.wrapping_add(b as u64));
             let batch = batching.batch(&refs, &adev);
             let logits = m.forward(&batch.input);
             burn::nn::loss::CrossEntropyLossConfig::new()
@@ -1364,8 +1364,8 @@ pub fn bench_step(
     use burn::optim::GradientsParams;
     config.validate()?;
     let ad = device.clone().autodiff();
-    device.seed(config.seed);
-    ad.seed(config.seed);
+    crate::steps::seed_device(&device, config.seed);
+    crate::steps::seed_device(&ad, config.seed);
     let vocab = bert.word_embeddings.weight.dims()[0];
     let bert = trainable(bert, config.method);
     let mut clf = BertClassifier::new(bert, 2, config.pooling()?, 0.0);
