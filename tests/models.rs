@@ -823,3 +823,40 @@ fn smollm2_written_as_a_hf_snapshot_loads_back_with_the_same_logits() {
     assert!(max_abs_diff(&la, &lb) < 1e-4);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The GELU extension op (fast erf on Flex, burn's kernels on wgpu, its own autodiff backward)
+/// against burn's built-in GELU on the same device: values and gradients.
+#[test]
+fn gelu_op_and_its_gradient_agree_with_burns_gelu_on_every_device() {
+    let n = 20_000;
+    let xs: Vec<f32> = (0..n).map(|i| -6.0 + 12.0 * i as f32 / n as f32).collect();
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        let run = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+            let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [100, n / 100]), &device)
+                .require_grad();
+            let y = f(x.clone());
+            let grads = (y.clone() * y.clone()).sum().backward();
+            (host(y), host(x.grad(&grads).unwrap()))
+        };
+        let (y, g) = run(&|x| gralora_models::gelu::gelu(x));
+        let (y_ref, g_ref) = run(&|x| burn::tensor::activation::gelu(x));
+        for i in 0..n {
+            let tol = 1e-6 * (1.0 + xs[i].abs());
+            assert!(
+                (y[i] - y_ref[i]).abs() <= tol,
+                "{name}: gelu({}) {} vs {}",
+                xs[i],
+                y[i],
+                y_ref[i]
+            );
+            assert!(
+                (g[i] - g_ref[i]).abs() <= 8.0 * tol * (1.0 + g_ref[i].abs()),
+                "{name}: d/dx at {}: {} vs {}",
+                xs[i],
+                g[i],
+                g_ref[i]
+            );
+        }
+    }
+}
