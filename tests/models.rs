@@ -842,7 +842,8 @@ fn gelu_op_and_its_gradient_agree_with_burns_gelu_on_every_device() {
         let (y, g) = run(&|x| gralora_models::gelu::gelu(x));
         let (y_ref, g_ref) = run(&|x| burn::tensor::activation::gelu(x));
         for i in 0..n {
-            let tol = 1e-6 * (1.0 + xs[i].abs());
+            // The fast erf is within 4e-7 of erf: gelu within 0.5·|x|·4e-7 plus rounding.
+            let tol = 4e-7 * (1.0 + xs[i].abs());
             assert!(
                 (y[i] - y_ref[i]).abs() <= tol,
                 "{name}: gelu({}) {} vs {}",
@@ -851,7 +852,7 @@ fn gelu_op_and_its_gradient_agree_with_burns_gelu_on_every_device() {
                 y_ref[i]
             );
             assert!(
-                (g[i] - g_ref[i]).abs() <= 8.0 * tol * (1.0 + g_ref[i].abs()),
+                (g[i] - g_ref[i]).abs() <= 2.5 * tol + 1e-6 * g_ref[i].abs(),
                 "{name}: d/dx at {}: {} vs {}",
                 xs[i],
                 g[i],

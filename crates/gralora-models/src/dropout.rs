@@ -127,7 +127,8 @@ mod tests {
         assert_ne!(a, b, "each call draws a new mask");
         assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
         let dropped = a.iter().filter(|&&v| v == 0.0).count();
-        assert!((800..1250).contains(&dropped), "{dropped} of 4096");
+        // Binomial(4096, 0.25): mean 1024, s.d. 27.7; 5 s.d.
+        assert!((885..1163).contains(&dropped), "{dropped} of 4096");
         // Without autodiff (inference) and at p = 0 it is the identity.
         let plain = Tensor::<2>::ones([4, 4], &Device::flex());
         let y: Vec<f32> = apply(&d, plain).into_data().try_to_vec::<f32>().unwrap();

@@ -86,15 +86,12 @@ mod flex {
 
     use super::GeluOps;
 
-    fn f32_in(t: FlexTensor) -> Option<FlexTensor> {
-        (t.dtype() == DType::F32).then(|| t.to_contiguous())
-    }
-
     impl GeluOps for Flex {
         fn erf_gelu(x: FlexTensor) -> FlexTensor {
-            let Some(x) = f32_in(x.clone()) else {
+            if x.dtype() != DType::F32 {
                 return <Flex as ActivationOps<Flex>>::gelu(x);
-            };
+            }
+            let x = x.to_contiguous();
             let mut out = FlexTensor::zeros(x.shape(), DType::F32);
             super::gelu_slice(
                 x.as_slice::<f32>().expect("contiguous"),
@@ -104,9 +101,10 @@ mod flex {
         }
 
         fn erf_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-            let (Some(x), Some(grad)) = (f32_in(x.clone()), f32_in(grad.clone())) else {
+            if x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
                 return <Flex as ActivationOps<Flex>>::gelu_backward(x, grad);
-            };
+            }
+            let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
             let mut out = FlexTensor::zeros(x.shape(), DType::F32);
             super::gelu_backward_slice(
                 x.as_slice::<f32>().expect("contiguous"),
@@ -251,7 +249,8 @@ mod tests {
                 y[i]
             );
             assert!(
-                (gx[i] as f64 - want_g).abs() < 4.0 * tol * (1.0 + want_g.abs()),
+                // d(y²)/dx = 2·y·gelu': the value's error times 2·gelu' (≤ 2.3) plus rounding.
+                (gx[i] as f64 - want_g).abs() < 2.5 * tol + 1e-6 * want_g.abs(),
                 "gelu'({x}): {} vs {want_g}",
                 gx[i]
             );

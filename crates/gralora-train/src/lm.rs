@@ -580,7 +580,7 @@ pub(crate) fn train_decoder(
     let batches_per_epoch = loader.num_batches();
     let resumed_from = run.dir.resume_point(run.resume, batches_per_epoch);
     let done = resumed_from.map_or(0, ResumePoint::epochs_done);
-    let loader = loader.resume_at(done, resumed_from.map_or(0, ResumePoint::batch_in_epoch));
+    let loader = loader.resume_from(resumed_from);
     let guard = LossGuard::new(interrupter.clone())
         .starting_at(resumed_from.map_or(0, |p| p.batches_done(batches_per_epoch)));
     let model = CausalLm::new(llama, 1.0 / config.grad_accum as f64, guard.clone());

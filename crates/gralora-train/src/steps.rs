@@ -86,10 +86,12 @@ impl<B: Batching> SeededLoader<B> {
         }
     }
 
-    /// Continue where a run stopped: `epochs` epochs done and `batches` batches of the next one.
-    pub fn resume_at(self, epochs: usize, batches: usize) -> Self {
-        self.next_epoch.store(epochs, Ordering::SeqCst);
-        self.skip.store(batches, Ordering::SeqCst);
+    /// Continue where a run stopped (`None`: from the start).
+    pub fn resume_from(self, point: Option<ResumePoint>) -> Self {
+        if let Some(p) = point {
+            self.next_epoch.store(p.epochs_done(), Ordering::SeqCst);
+            self.skip.store(p.batch_in_epoch(), Ordering::SeqCst);
+        }
         self
     }
 
@@ -415,6 +417,20 @@ impl ResumePoint {
     }
 }
 
+/// The next batch; a loader error fails the run (as in burn-train's loops) and ends the epoch.
+fn next_batch<T>(
+    iterator: &mut dyn DataLoaderIterator<T>,
+    interrupter: &burn::train::Interrupter,
+) -> Option<T> {
+    match iterator.next()? {
+        Ok(item) => Some(item),
+        Err(err) => {
+            interrupter.fail(err);
+            None
+        }
+    }
+}
+
 /// burn-train's single-device training loop with mid-epoch checkpoints: every `every` optimiser
 /// steps (not at an epoch's end, where burn-train's own checkpoint is written) the model,
 /// optimiser and scheduler go to `dir` under the number of training batches done, the newest
@@ -539,14 +555,7 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for StepStrategy<M> {
             let mut iteration = std::mem::take(&mut skipped);
             let mut accumulator = GradientsAccumulator::new();
             let mut accumulated = 0;
-            while let Some(item) = iterator.next() {
-                let item = match item {
-                    Ok(item) => item,
-                    Err(err) => {
-                        interrupter.fail(err);
-                        break;
-                    }
-                };
+            while let Some(item) = next_batch(iterator.as_mut(), &interrupter) {
                 iteration += 1;
                 let item_progress = iterator.progress();
                 let out = learner.train_step(item);
@@ -599,14 +608,7 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for StepStrategy<M> {
             let model = learner.model().valid();
             let mut iterator = valid.iter();
             let mut iteration = 0;
-            while let Some(item) = iterator.next() {
-                let item = match item {
-                    Ok(item) => item,
-                    Err(err) => {
-                        interrupter.fail(err);
-                        break;
-                    }
-                };
+            while let Some(item) = next_batch(iterator.as_mut(), &interrupter) {
                 iteration += 1;
                 let item_progress = iterator.progress();
                 let out = InferenceStep::step(&model, item);
@@ -660,7 +662,14 @@ mod tests {
         let device = Device::flex();
         let items: Vec<usize> = (0..50).map(|i| 1 + i % 7).collect();
         let a = SeededLoader::new(items.clone(), 8, Some(3), Lengths, &device);
-        let b = SeededLoader::new(items.clone(), 8, Some(3), Lengths, &device).resume_at(2, 3);
+        // 7 batches per epoch; two epochs and three batches done.
+        let at = ResumePoint::Step {
+            batches: 17,
+            epoch: 3,
+            batch: 3,
+        };
+        let b =
+            SeededLoader::new(items.clone(), 8, Some(3), Lengths, &device).resume_from(Some(at));
         let _ = a.iter().count();
         let _ = a.iter().count();
         let third: Vec<Vec<usize>> = a.iter().map(|x| x.unwrap()).collect();

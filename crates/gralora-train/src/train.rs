@@ -884,8 +884,7 @@ pub fn train(
     );
     let resumed_from = dir.resume_point(resume, train_loader.num_batches());
     let done = resumed_from.map_or(0, ResumePoint::epochs_done);
-    let train_loader =
-        train_loader.resume_at(done, resumed_from.map_or(0, ResumePoint::batch_in_epoch));
+    let train_loader = train_loader.resume_from(resumed_from);
     let mut gora_report = None;
     if config.method.is_gora() {
         let batches: Vec<Vec<usize>> = train_loader
