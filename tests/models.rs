@@ -861,3 +861,51 @@ fn gelu_op_and_its_gradient_agree_with_burns_gelu_on_every_device() {
         }
     }
 }
+
+/// The attention softmax extension op (one pass per row on Flex, burn's tensor ops on wgpu, its
+/// own autodiff backward) against burn's `softmax(scale · x + bias)` on the same device.
+#[test]
+fn scaled_softmax_op_and_its_gradient_agree_with_burns_softmax_on_every_device() {
+    let [b, h, q, k] = [3, 2, 7, 45];
+    let n = b * h * q * k;
+    let xs: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 50.0 - 10.0)
+        .collect();
+    let ws: Vec<f32> = (0..n)
+        .map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5)
+        .collect();
+    // Batch 1 pads its last 10 keys with BERT's additive mask.
+    let bias: Vec<f32> = (0..b * k)
+        .map(|i| if i / k == 1 && i % k >= 35 { -1e9 } else { 0.0 })
+        .collect();
+    let scale = 0.125f32;
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        let run = |f: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>| {
+            let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [b, h, q, k]), &device)
+                .require_grad();
+            let bt = Tensor::<4>::from_data(TensorData::new(bias.clone(), [b, 1, 1, k]), &device);
+            let w = Tensor::<4>::from_data(TensorData::new(ws.clone(), [b, h, q, k]), &device);
+            let y = f(x.clone(), bt);
+            let grads = (y.clone() * w).sum().backward();
+            (host(y), host(x.grad(&grads).unwrap()))
+        };
+        let (y, g) = run(&|x, bias| gralora_models::softmax::scaled_softmax(x, bias, scale));
+        let (y_ref, g_ref) =
+            run(&|x, bias| burn::tensor::activation::softmax(x.mul_scalar(scale) + bias, 3));
+        for i in 0..n {
+            assert!(
+                (y[i] - y_ref[i]).abs() <= 1e-6,
+                "{name}: y[{i}] {} vs {}",
+                y[i],
+                y_ref[i]
+            );
+            assert!(
+                (g[i] - g_ref[i]).abs() <= 1e-6,
+                "{name}: g[{i}] {} vs {}",
+                g[i],
+                g_ref[i]
+            );
+        }
+    }
+}

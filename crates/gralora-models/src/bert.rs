@@ -5,7 +5,6 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use gralora::{AdaptedLinear, AdapterHost};
 use serde::Deserialize;
@@ -142,8 +141,9 @@ impl BertLayer {
         let q = heads(self.query.forward(x.clone()));
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x.clone()));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt()) + bias;
-        let probs = crate::dropout::apply(&self.attn_dropout, softmax(scores, 3));
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let probs = crate::softmax::scaled_softmax(scores, bias, 1.0 / (dh as f32).sqrt());
+        let probs = crate::dropout::apply(&self.attn_dropout, probs);
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
         let a = crate::dropout::apply(&self.dropout, self.attn_out.forward(ctx));
         let x = self.attn_norm.forward(a + x);

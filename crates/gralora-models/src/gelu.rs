@@ -57,24 +57,30 @@ const CHUNK: usize = 1 << 14;
 pub fn gelu_slice(x: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = 0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
-            }
-        });
+        .for_each(|(o, x)| gelu_chunk(x, o));
+}
+
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
+fn gelu_chunk(x: &[f32], o: &mut [f32]) {
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o = 0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
+    }
 }
 
 /// `grad · gelu'(x)` of each element, on all cores.
 pub fn gelu_backward_slice(x: &[f32], grad: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
-        .for_each(|(o, (x, g))| {
-            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                let cdf = 0.5 * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
-                let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
-                *o = g * (cdf + x * pdf);
-            }
-        });
+        .for_each(|(o, (x, g))| gelu_backward_chunk(x, g, o));
+}
+
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
+fn gelu_backward_chunk(x: &[f32], g: &[f32], o: &mut [f32]) {
+    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+        let cdf = 0.5 * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * crate::fastmath::exp_f32(-0.5 * x * x);
+        *o = g * (cdf + x * pdf);
+    }
 }
 
 mod flex {
@@ -92,12 +98,9 @@ mod flex {
                 return <Flex as ActivationOps<Flex>>::gelu(x);
             }
             let x = x.to_contiguous();
-            let mut out = FlexTensor::zeros(x.shape(), DType::F32);
-            super::gelu_slice(
-                x.as_slice::<f32>().expect("contiguous"),
-                out.storage_mut::<f32>(),
-            );
-            out
+            let mut out = vec![0f32; x.shape().num_elements()];
+            super::gelu_slice(x.as_slice::<f32>().expect("contiguous"), &mut out);
+            crate::fastmath::flex_f32(x.shape(), out)
         }
 
         fn erf_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -105,13 +108,13 @@ mod flex {
                 return <Flex as ActivationOps<Flex>>::gelu_backward(x, grad);
             }
             let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
-            let mut out = FlexTensor::zeros(x.shape(), DType::F32);
+            let mut out = vec![0f32; x.shape().num_elements()];
             super::gelu_backward_slice(
                 x.as_slice::<f32>().expect("contiguous"),
                 grad.as_slice::<f32>().expect("contiguous"),
-                out.storage_mut::<f32>(),
+                &mut out,
             );
-            out
+            crate::fastmath::flex_f32(x.shape(), out)
         }
     }
 }

@@ -442,8 +442,9 @@ impl Llama {
                     .reshape([b, h, total, hd])
             };
             let (k, v) = (expand(k), expand(v));
-            let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + bias.clone();
-            let ctx = softmax(scores, 3)
+            let scores = q.matmul(k.swap_dims(2, 3));
+            let scale = 1.0 / (hd as f32).sqrt();
+            let ctx = crate::softmax::scaled_softmax(scores, bias.clone(), scale)
                 .matmul(v)
                 .swap_dims(1, 2)
                 .reshape([b, t, h * hd]);

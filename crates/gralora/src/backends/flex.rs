@@ -22,14 +22,21 @@ impl BlockMatmulOps for Flex {
         }
         let lhs = lhs.to_contiguous();
         let rhs = rhs.to_contiguous();
-        let mut out = FlexTensor::zeros(Shape::from(spec.out_shape.clone()), DType::F32);
+        let shape = Shape::from(spec.out_shape.clone());
+        // An owned Vec becomes the tensor's buffer as is (`FlexTensor::zeros` zeroes a byte
+        // buffer and then copies it into an aligned one).
+        let mut out = vec![0f32; shape.num_elements()];
         run_f32(
             &spec,
             lhs.as_slice::<f32>().expect("contiguous lhs"),
             rhs.as_slice::<f32>().expect("contiguous rhs"),
-            out.storage_mut::<f32>(),
+            &mut out,
         );
-        out
+        FlexTensor::new(
+            burn::tensor::Bytes::from_elems(out),
+            burn_flex::Layout::contiguous(shape),
+            DType::F32,
+        )
     }
 }
 
