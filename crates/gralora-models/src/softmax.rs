@@ -350,9 +350,8 @@ mod tests {
         let xs = values(b * h * q * k, 1, 8.0);
         let ws = values(b * h * q * k, 2, 1.0);
         let mut bias = values(b * k, 3, 1.0);
-        for j in 30..k {
-            bias[j] = -1e9; // batch 0: the last 7 keys are padding
-        }
+        // batch 0: the last 7 keys are padding
+        bias[30..k].iter_mut().for_each(|b| *b = -1e9);
         let device = Device::flex().autodiff();
         let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [b, h, q, k]), &device)
             .require_grad();
