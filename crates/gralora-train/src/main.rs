@@ -314,8 +314,9 @@ struct BenchStepArgs {
     /// Model: an alias (minilm) or a Hugging Face BERT-family snapshot directory.
     #[arg(long, default_value = "minilm")]
     model: String,
-    /// lora, gralora or full, or several comma-separated (timed one after the other in this run;
-    /// ratios are to the first; peak memory is the process's so far: time one method for it).
+    /// lora, gralora or full, or several comma-separated (timed in one run, one step of each in
+    /// turn, so a slow spell of the machine hits all alike; ratios are to the first; peak memory
+    /// is the process's after that method's warm-up: time one method alone for its own).
     #[arg(long, default_value = "gralora")]
     method: String,
     #[command(flatten)]
@@ -326,10 +327,10 @@ struct BenchStepArgs {
     /// Tokens per example.
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
-    /// Untimed steps first.
+    /// Untimed steps first (per method).
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Timed steps (the median is reported).
+    /// Timed steps per method (the median is reported).
     #[arg(long, default_value_t = 5)]
     iters: usize,
     /// auto, wgpu or flex.
@@ -768,19 +769,25 @@ fn bench_step(args: BenchStepArgs) -> Result<(), Error> {
     else {
         return Err("bench step takes an encoder (BERT family), e.g. --model minilm".into());
     };
+    let configs: Vec<TrainConfig> = methods
+        .iter()
+        .map(|&method| {
+            let mut config = TrainConfig::new(&args.model, "sst2", method);
+            adapter_config(&mut config, &args.adapter);
+            config
+        })
+        .collect();
+    let results = gralora_train::train::bench_steps(
+        bert,
+        &configs,
+        args.batch_size,
+        args.seq_len,
+        args.warmup,
+        args.iters.max(1),
+        &device,
+    )?;
     let mut first_ms = None;
-    for method in methods {
-        let mut config = TrainConfig::new(&args.model, "sst2", method);
-        adapter_config(&mut config, &args.adapter);
-        let r = gralora_train::train::bench_step(
-            bert.clone(),
-            &config,
-            args.batch_size,
-            args.seq_len,
-            args.warmup,
-            args.iters.max(1),
-            &device,
-        )?;
+    for ((method, config), r) in methods.into_iter().zip(&configs).zip(results) {
         let ratio = r.ms_per_step / *first_ms.get_or_insert(r.ms_per_step);
         let name = method.name();
         if args.json {

@@ -1349,42 +1349,54 @@ pub struct StepBench {
     pub steps_ms: Vec<f64>,
 }
 
-/// Benchmark `iters` training steps (after `warmup` untimed ones) of `bert` with a head,
-/// adapted as `config` says, on `[batch, seq_len]` random tokens.
-pub fn bench_step(
+/// Time whole training steps of several methods in one run: each method gets its model,
+/// optimiser and `warmup` untimed steps first, then the timed steps go round-robin (one step
+/// of each method per round), so a slow spell of a shared machine hits every method alike and
+/// the ratios between them stay meaningful. One result per config, in order; `peak_rss_mb` is
+/// the process's peak after that method's warm-up (all models stay resident).
+pub fn bench_steps(
     bert: Bert,
-    config: &TrainConfig,
+    configs: &[TrainConfig],
     batch: usize,
     seq_len: usize,
     warmup: usize,
     iters: usize,
     device: &Device,
-) -> Result<StepBench> {
+) -> Result<Vec<StepBench>> {
     use burn::optim::GradientsParams;
-    config.validate()?;
-    let ad = device.clone().autodiff();
-    crate::steps::seed_device(&device, config.seed);
-    crate::steps::seed_device(&ad, config.seed);
-    let vocab = bert.word_embeddings.weight.dims()[0];
-    let bert = trainable(bert, config.method);
-    let mut clf = BertClassifier::new(bert, 2, config.pooling()?, 0.0);
-    match config.adapter()? {
-        Some(a) => {
-            attach_adapters(
-                &mut clf,
-                &AdaptOptions::new(a, config.targets_or(ENCODER_TARGETS)),
-            )?;
-        }
-        None => {}
-    }
-    let mut model = TextClassifier::new(clf, 1.0, LossGuard::default());
-    let trainable = model.num_params_trainable();
-    let mut optim: burn::optim::ModuleOptimizer = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init()
-        .into();
+    use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
     use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    struct Runner {
+        model: Option<TextClassifier>,
+        optim: burn::optim::ModuleOptimizer,
+        lr: f64,
+        trainable: usize,
+        peak: Option<f64>,
+        times: Vec<f64>,
+    }
+    impl Runner {
+        fn step(&mut self, refs: &[&Item], ad: &Device) -> f64 {
+            let b = ClassBatch::new(refs, 0, ad);
+            let t = Instant::now();
+            let model = self
+                .model
+                .take()
+                .expect("a runner holds its model between steps");
+            let out = model.forward_classification(b);
+            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            let model = self
+                .optim
+                .step(ModuleLearningRate::from(self.lr), model, grads);
+            // Wait for the device to finish the step.
+            let _ = model.model.classifier.weight.val().into_data();
+            self.model = Some(model);
+            t.elapsed().as_secs_f64() * 1e3
+        }
+    }
+    let ad = device.clone().autodiff();
+    let vocab = bert.word_embeddings.weight.dims()[0];
+    let seed = configs.first().map_or(42, |c| c.seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let items: Vec<Item> = (0..batch)
         .map(|i| Item {
             encoded: gralora_models::Encoded {
@@ -1397,31 +1409,58 @@ pub fn bench_step(
         })
         .collect();
     let refs: Vec<&Item> = items.iter().collect();
-    let mut times = Vec::new();
-    for i in 0..warmup + iters {
-        let b = ClassBatch::new(&refs, 0, &ad);
-        let t = Instant::now();
-        let out = model.forward_classification(b);
-        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-        model = optim.step(
-            burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate::from(config.lr),
-            model,
-            grads,
-        );
-        // Wait for the device to finish the step.
-        let _ = model.model.classifier.weight.val().into_data();
-        if i >= warmup {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+    let mut runners = Vec::new();
+    for config in configs {
+        config.validate()?;
+        crate::steps::seed_device(device, config.seed);
+        crate::steps::seed_device(&ad, config.seed);
+        let bert = trainable(bert.clone(), config.method);
+        let mut clf = BertClassifier::new(bert, 2, config.pooling()?, 0.0);
+        if let Some(a) = config.adapter()? {
+            attach_adapters(
+                &mut clf,
+                &AdaptOptions::new(a, config.targets_or(ENCODER_TARGETS)),
+            )?;
+        }
+        let model = TextClassifier::new(clf, 1.0, LossGuard::default());
+        let trainable = model.num_params_trainable();
+        let optim = AdamWConfig::new()
+            .with_weight_decay(config.weight_decay as f32)
+            .init()
+            .into();
+        let mut runner = Runner {
+            model: Some(model),
+            optim,
+            lr: config.lr,
+            trainable,
+            peak: None,
+            times: Vec::new(),
+        };
+        for _ in 0..warmup {
+            runner.step(&refs, &ad);
+        }
+        runner.peak = peak_rss_mib();
+        runners.push(runner);
+    }
+    for _ in 0..iters {
+        for runner in &mut runners {
+            let ms = runner.step(&refs, &ad);
+            runner.times.push(ms);
         }
     }
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
-    Ok(StepBench {
-        ms_per_step: median,
-        tokens_per_s: (batch * seq_len) as f64 / (median / 1e3),
-        peak_rss_mb: peak_rss_mib(),
-        trainable_params: trainable,
-        steps_ms: times,
-    })
+    Ok(runners
+        .into_iter()
+        .map(|r| {
+            let mut sorted = r.times.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+            StepBench {
+                ms_per_step: median,
+                tokens_per_s: (batch * seq_len) as f64 / (median / 1e3),
+                peak_rss_mb: r.peak,
+                trainable_params: r.trainable,
+                steps_ms: r.times,
+            }
+        })
+        .collect())
 }
