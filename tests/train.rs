@@ -997,3 +997,56 @@ fn grad_deviation_at_init_matches_the_random_projection_law() {
         "{err}"
     );
 }
+
+/// `bench step` with two methods: one JSON line each with the keys, consistent numbers
+/// (tokens/s from the median, ratios to the first) and equal trainable counts at equal r.
+#[test]
+fn bench_step_prints_consistent_json_per_method() {
+    let Some(home) = excerpt_home("bench-step") else {
+        return;
+    };
+    let o = gralora(
+        &[
+            "bench",
+            "step",
+            "--method",
+            "lora,gralora",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "16",
+            "--warmup",
+            "1",
+            "--iters",
+            "3",
+            "--device",
+            "flex",
+            "--json",
+        ],
+        &home,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let ms: Vec<f64> = lines
+        .iter()
+        .map(|v| v["ms_per_step"].as_f64().unwrap())
+        .collect();
+    for (v, method) in lines.iter().zip(["lora", "gralora"]) {
+        assert_eq!(v["method"], method);
+        let ms = v["ms_per_step"].as_f64().unwrap();
+        assert!(ms > 0.0);
+        let tps = v["tokens_per_s"].as_f64().unwrap();
+        assert!((tps - 32.0 / (ms / 1e3)).abs() < 1e-6 * tps, "{v}");
+        assert!(v["peak_rss_mb"].as_f64().unwrap() > 50.0, "{v}");
+    }
+    assert_eq!(lines[0]["time_ratio_to_first"].as_f64().unwrap(), 1.0);
+    let ratio = lines[1]["time_ratio_to_first"].as_f64().unwrap();
+    assert!((ratio - ms[1] / ms[0]).abs() < 1e-9);
+    assert_eq!(lines[0]["trainable_params"], lines[1]["trainable_params"]);
+}

@@ -1353,7 +1353,8 @@ pub struct StepBench {
 /// optimiser and `warmup` untimed steps first, then the timed steps go round-robin (one step
 /// of each method per round), so a slow spell of a shared machine hits every method alike and
 /// the ratios between them stay meaningful. One result per config, in order; `peak_rss_mb` is
-/// the process's peak after that method's warm-up (all models stay resident).
+/// the process's peak after that method's warm-up, or its first step without one (all models
+/// stay resident).
 pub fn bench_steps(
     bert: Bert,
     configs: &[TrainConfig],
@@ -1442,10 +1443,14 @@ pub fn bench_steps(
         runner.peak = peak_rss_mib();
         runners.push(runner);
     }
-    for _ in 0..iters {
+    for round in 0..iters {
         for runner in &mut runners {
             let ms = runner.step(&refs, &ad);
             runner.times.push(ms);
+            if warmup == 0 && round == 0 {
+                // No warm-up: the peak after the method's first step.
+                runner.peak = peak_rss_mib();
+            }
         }
     }
     Ok(runners
