@@ -2,17 +2,6 @@
 //!
 //! libm's `expf` is one call per element; the loops here run 8 elements per instruction (AVX2).
 
-/// A contiguous f32 Flex tensor that owns `values` (no copy). `FlexTensor::zeros` would zero a
-/// byte buffer and then copy it into an aligned one: two extra passes, on one thread.
-pub(crate) fn flex_f32(shape: burn::tensor::Shape, values: Vec<f32>) -> burn_flex::FlexTensor {
-    debug_assert_eq!(shape.num_elements(), values.len());
-    burn_flex::FlexTensor::new(
-        burn::tensor::Bytes::from_elems(values),
-        burn_flex::Layout::contiguous(shape),
-        burn::tensor::DType::F32,
-    )
-}
-
 /// `ln 2` split for Cody–Waite range reduction: `HI` has few mantissa bits, so `n · HI` is exact.
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;

@@ -100,7 +100,7 @@ mod flex {
             let x = x.to_contiguous();
             let mut out = vec![0f32; x.shape().num_elements()];
             super::gelu_slice(x.as_slice::<f32>().expect("contiguous"), &mut out);
-            crate::fastmath::flex_f32(x.shape(), out)
+            gralora::ops::flex_f32(x.shape(), out)
         }
 
         fn erf_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -114,7 +114,7 @@ mod flex {
                 grad.as_slice::<f32>().expect("contiguous"),
                 &mut out,
             );
-            crate::fastmath::flex_f32(x.shape(), out)
+            gralora::ops::flex_f32(x.shape(), out)
         }
     }
 }

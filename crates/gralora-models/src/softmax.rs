@@ -5,7 +5,8 @@
 //! and its autodiff backward replays most of them: a tenth of a MiniLM training step on the CPU
 //! (perf). On Flex this op does the forward in one pass per row (vectorised `exp`, all cores) and
 //! the backward `∂scores = scale · y ⊙ (g − Σ g ⊙ y)` in another. Other backends run the same
-//! formula from their own tensor ops. `bias` (an additive mask) gets no gradient.
+//! formula from their own tensor ops. `bias` (an additive mask) is a constant: no gradient flows
+//! into it, as if it were detached.
 
 use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
 use burn::tensor::Tensor;
@@ -30,7 +31,8 @@ pub trait SoftmaxOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// `softmax(scale · scores + bias, dim = D - 1)` on any device, differentiable in `scores`.
+/// `softmax(scale · scores + bias, dim = D - 1)` on any device, differentiable in `scores`;
+/// `bias` is taken as a constant (no gradient flows into it).
 ///
 /// # Panics
 /// If `bias` does not broadcast to `scores` with an equal last dimension.
@@ -222,7 +224,7 @@ mod flex {
                 scale,
                 bias_row,
             );
-            crate::fastmath::flex_f32(scores.shape(), out)
+            gralora::ops::flex_f32(scores.shape(), out)
         }
 
         fn scaled_softmax_backward(y: FlexTensor, grad: FlexTensor, scale: f32) -> FlexTensor {
@@ -240,7 +242,7 @@ mod flex {
                 n,
                 scale,
             );
-            crate::fastmath::flex_f32(y.shape(), out)
+            gralora::ops::flex_f32(y.shape(), out)
         }
     }
 }
@@ -275,18 +277,18 @@ mod autodiff {
     #[derive(Debug)]
     struct SoftmaxBackward;
 
-    impl<B: Backend + SoftmaxOps> Backward<B, 2> for SoftmaxBackward {
+    impl<B: Backend + SoftmaxOps> Backward<B, 1> for SoftmaxBackward {
         /// The op's output and scale.
         type State = (FloatTensor<B>, f32);
 
         fn backward(
             self,
-            ops: Ops<Self::State, 2>,
+            ops: Ops<Self::State, 1>,
             grads: &mut Gradients,
             _checkpointer: &mut Checkpointer,
         ) {
             let (y, scale) = ops.state;
-            let [scores, _bias] = ops.parents;
+            let [scores] = ops.parents;
             let grad = grads.consume::<B>(&ops.node);
             if let Some(node) = scores {
                 grads.register::<B>(node.id, B::scaled_softmax_backward(y, grad, scale));
@@ -300,7 +302,8 @@ mod autodiff {
             bias: FloatTensor<Self>,
             scale: f32,
         ) -> FloatTensor<Self> {
-            let nodes = [scores.node(), bias.node()];
+            // Only the scores are a parent: the bias is a constant.
+            let nodes = [scores.node()];
             let out = B::scaled_softmax(scores.into_primitive(), bias.into_primitive(), scale);
             match SoftmaxBackward
                 .prepare::<C>(nodes)
@@ -355,10 +358,13 @@ mod tests {
         let device = Device::flex().autodiff();
         let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [b, h, q, k]), &device)
             .require_grad();
-        let bt = Tensor::<4>::from_data(TensorData::new(bias.clone(), [b, 1, 1, k]), &device);
+        // Even a bias that asks for a gradient is a constant here (documented).
+        let bt = Tensor::<4>::from_data(TensorData::new(bias.clone(), [b, 1, 1, k]), &device)
+            .require_grad();
         let w = Tensor::<4>::from_data(TensorData::new(ws.clone(), [b, h, q, k]), &device);
-        let y = scaled_softmax(x.clone(), bt, scale);
+        let y = scaled_softmax(x.clone(), bt.clone(), scale);
         let grads = (y.clone() * w).sum().backward();
+        assert!(bt.grad(&grads).is_none(), "no gradient flows into the bias");
         let y: Vec<f32> = y.into_data().try_to_vec().unwrap();
         let g: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
         for row in 0..b * h * q {

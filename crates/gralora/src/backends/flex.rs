@@ -23,8 +23,6 @@ impl BlockMatmulOps for Flex {
         let lhs = lhs.to_contiguous();
         let rhs = rhs.to_contiguous();
         let shape = Shape::from(spec.out_shape.clone());
-        // An owned Vec becomes the tensor's buffer as is (`FlexTensor::zeros` zeroes a byte
-        // buffer and then copies it into an aligned one).
         let mut out = vec![0f32; shape.num_elements()];
         run_f32(
             &spec,
@@ -32,11 +30,7 @@ impl BlockMatmulOps for Flex {
             rhs.as_slice::<f32>().expect("contiguous rhs"),
             &mut out,
         );
-        FlexTensor::new(
-            burn::tensor::Bytes::from_elems(out),
-            burn_flex::Layout::contiguous(shape),
-            DType::F32,
-        )
+        crate::ops::flex_f32(shape, out)
     }
 }
 
