@@ -27,40 +27,65 @@ struct Tile {
 }
 
 impl Tile {
-    /// 256 threads a workgroup; a thin side of 16 or 32 (a rank) gets a thin tile.
-    fn for_shape(m: usize, n: usize) -> Self {
-        match (m, n) {
-            (_, n) if n <= 16 && m > 16 => Self {
-                wx: 4,
-                wy: 64,
-                tm: 2,
-                tn: 4,
-            },
-            (m, _) if m <= 16 && n > 16 => Self {
-                wx: 64,
-                wy: 4,
-                tm: 4,
-                tn: 2,
-            },
-            (_, n) if n <= 32 && m > 32 => Self {
-                wx: 8,
-                wy: 32,
-                tm: 4,
-                tn: 4,
-            },
-            (m, _) if m <= 32 && n > 32 => Self {
-                wx: 32,
-                wy: 8,
-                tm: 4,
-                tn: 4,
-            },
-            _ => Self {
-                wx: 16,
-                wy: 16,
-                tm: 4,
-                tn: 4,
-            },
+    /// The tile for an `m × n` output. A thin side of 16 or 32 (a rank) gets a thin tile, so that
+    /// most of a square one is not left idle.
+    ///
+    /// On a real GPU: 256 threads, 4×4 outputs each (8×8 for wide outputs), the usual SGEMM
+    /// shapes. On a software device (lavapipe: every per-invocation load is a gather, and each
+    /// workgroup runs on one CPU thread) what sets the speed is loads per multiply-add, so threads
+    /// own 16×16 blocks and workgroups are small. Chosen by timing ~20 tile shapes on each of the
+    /// adapter's products on 2 cores: 2048×384×384 went from 1057 ms (scalar 4×4 tiles) to 205 ms
+    /// (burn's own autotuned matmul: 269 ms). The GPU shapes are not tuned on a GPU yet.
+    fn for_shape(m: usize, n: usize, software: bool) -> Self {
+        let (wx, wy, tm, tn) = match (software, m, n) {
+            (true, m, n) if n <= 16 && m > 16 => (2, 16, 16, 8),
+            (true, m, n) if m <= 16 && n > 16 => (8, 1, 16, 16),
+            (true, m, n) if n <= 32 && m > 32 => (2, 16, 16, 16),
+            (true, m, n) if m <= 32 && n > 32 => (8, 2, 16, 16),
+            (true, _, _) => (8, 8, 16, 16),
+            (false, m, n) if n <= 16 && m > 16 => (4, 32, 4, 4),
+            (false, m, n) if m <= 16 && n > 16 => (32, 4, 4, 4),
+            (false, m, n) if n <= 32 && m > 32 => (8, 32, 4, 4),
+            (false, m, n) if m <= 32 && n > 32 => (32, 8, 4, 4),
+            (false, m, n) if m >= 128 && n >= 128 => (16, 16, 8, 8),
+            (false, _, _) => (16, 16, 4, 4),
+        };
+        let mut tile = Self { wx, wy, tm, tn };
+        // Fewer threads where half the tile would still cover the output (GraLoRA's k = 4 blocks
+        // of a 384-wide layer are 96 wide: a 256-row tile would idle 62 % of its threads).
+        while tile.wy > 1 && (tile.bm() / 2) as usize >= m {
+            tile.wy /= 2;
         }
+        while tile.wx > 1 && (tile.bn() / 2) as usize >= n {
+            tile.wx /= 2;
+        }
+        tile
+    }
+
+    /// Bytes of workgroup memory the two tiles take.
+    fn shared_bytes(&self) -> usize {
+        (BK * (self.bm() + self.bn())) as usize * 4
+    }
+
+    /// This tile, with its register blocks (then its thread counts) halved until the workgroup
+    /// tiles fit in `limit` bytes.
+    fn within(mut self, limit: usize) -> Self {
+        while self.shared_bytes() > limit {
+            if self.tm > 4 || self.tn > 4 {
+                if self.tm >= self.tn {
+                    self.tm /= 2;
+                } else {
+                    self.tn /= 2;
+                }
+            } else if self.wy > 1 && self.wy >= self.wx {
+                self.wy /= 2;
+            } else if self.wx > 1 {
+                self.wx /= 2;
+            } else {
+                break;
+            }
+        }
+        self
     }
     fn bm(&self) -> u32 {
         self.wy * self.tm
@@ -78,6 +103,10 @@ struct BlockMatmulKernel {
     f16: bool,
     splits: [usize; 6],
     tile: Tile,
+    /// The lhs is contiguous along K (load the workgroup tile K-fastest).
+    lhs_k_fast: bool,
+    /// The rhs is contiguous along K.
+    rhs_k_fast: bool,
 }
 
 /// WGSL for one axis' offset of index variable `var`, strides named `{name}_hi` / `{name}_lo`.
@@ -91,21 +120,27 @@ fn axis_expr(var: &str, split: usize, name: &str) -> String {
 
 impl BlockMatmulKernel {
     fn unrolled(&self) -> (String, String, String) {
-        let Tile { wx, wy, tm, tn } = self.tile;
+        let Tile { tm, tn, .. } = self.tile;
         let elem = if self.f16 { "f16" } else { "f32" };
+        let (av, bv) = (tm / 4, tn / 4);
         let mut decl = String::new();
         let mut compute = String::new();
         let mut store = String::new();
-        for i in 0..tm {
-            compute += &format!("            let a{i} = a_tile[a_row + {}u];\n", wy * i);
+        for p in 0..av {
+            compute += &format!("            let a{p} = a_tile[a_row + {p}u];\n");
         }
-        for j in 0..tn {
-            compute += &format!("            let b{j} = b_tile[b_row + {}u];\n", wx * j);
+        for q in 0..bv {
+            compute += &format!("            let b{q} = b_tile[b_row + {q}u];\n");
         }
+        // acc{i}_{q}: row i of the thread's block, columns 4q..4q+4.
         for i in 0..tm {
-            for j in 0..tn {
-                decl += &format!("    var acc{i}_{j} = 0.0;\n");
-                compute += &format!("            acc{i}_{j} += a{i} * b{j};\n");
+            for q in 0..bv {
+                decl += &format!("    var acc{i}_{q} = vec4<f32>(0.0);\n");
+                compute += &format!(
+                    "            acc{i}_{q} += a{}[{}u] * b{q};\n",
+                    i / 4,
+                    i % 4
+                );
             }
         }
         let (out_row, out_col) = (
@@ -114,18 +149,28 @@ impl BlockMatmulKernel {
         );
         for i in 0..tm {
             store += &format!(
-                "    {{\n        let gm = row0 + lid.y + {}u;\n        if (gm < m_len) {{\n",
-                wy * i
+                "    {{\n        let gm = row0 + lid.y * TM + {i}u;\n        if (gm < m_len) {{\n"
             );
-            for j in 0..tn {
-                store += &format!(
-                    "            {{ let gn = col0 + lid.x + {}u; if (gn < n_len) {{ out[out_base + {out_row} + {out_col}] = {elem}(alpha * acc{i}_{j}); }} }}\n",
-                    wx * j
-                );
+            for q in 0..bv {
+                for c in 0..4 {
+                    store += &format!(
+                        "            {{ let gn = col0 + lid.x * TN + {}u; if (gn < n_len) {{ out[out_base + {out_row} + {out_col}] = {elem}(alpha * acc{i}_{q}[{c}u]); }} }}\n",
+                        4 * q + c
+                    );
+                }
             }
             store += "        }\n    }\n";
         }
         (decl, compute, store)
+    }
+}
+
+/// WGSL splitting the load index `e` into a tile position `(major, k)`, K fastest or not.
+fn load_index(major: &str, kvar: &str, len: &str, k_fast: bool) -> String {
+    if k_fast {
+        format!("            let {kvar} = e % BK;\n            let {major} = e / BK;")
+    } else {
+        format!("            let {major} = e % {len};\n            let {kvar} = e / {len};")
     }
 }
 
@@ -142,8 +187,12 @@ impl KernelSource for BlockMatmulKernel {
             .register("bm", t.bm().to_string())
             .register("bn", t.bn().to_string())
             .register("bk", BK.to_string())
-            .register("a_tile_len", (BK * t.bm()).to_string())
-            .register("b_tile_len", (BK * t.bn()).to_string())
+            .register("tm", t.tm.to_string())
+            .register("tn", t.tn.to_string())
+            .register("a_tile_len", (BK * t.bm() / 4).to_string())
+            .register("b_tile_len", (BK * t.bn() / 4).to_string())
+            .register("a_index", load_index("am", "ak", "BM", self.lhs_k_fast))
+            .register("b_index", load_index("bn", "bk", "BN", self.rhs_k_fast))
             .register("lhs_row", axis_expr("gm", sp[0], "l_row"))
             .register("lhs_col", axis_expr("gk", sp[1], "l_col"))
             .register("rhs_row", axis_expr("gk", sp[2], "r_row"))
@@ -287,11 +336,16 @@ impl BlockMatmulOps for CubeBackend {
             launch_twin(&lhs, &rhs, &out, info, &spec, f16);
             return out;
         }
-        let tile = Tile::for_shape(spec.m, spec.n);
+        // A device that is no card (cubecl's identity has no physical device): a CPU rasteriser.
+        let software = client.properties().identity.physical.is_none();
+        let tile = Tile::for_shape(spec.m, spec.n, software)
+            .within(client.properties().hardware.max_shared_memory_size);
         let kernel = BlockMatmulKernel {
             f16,
             splits: splits(&spec),
             tile,
+            lhs_k_fast: spec.lhs.col == Axis::plain(1),
+            rhs_k_fast: spec.rhs.row == Axis::plain(1),
         };
         let count = CubeCount::Static(
             (spec.n as u32).div_ceil(tile.bn()),
@@ -337,11 +391,18 @@ mod tests {
         ];
         for (m, n) in shapes {
             for splits in split_sets {
-                for f16 in [false, true] {
+                for (f16, k_fast, software) in [
+                    (false, false, false),
+                    (true, true, true),
+                    (false, true, true),
+                    (true, false, false),
+                ] {
                     let kernel = BlockMatmulKernel {
                         f16,
                         splits,
-                        tile: Tile::for_shape(m, n),
+                        tile: Tile::for_shape(m, n, software),
+                        lhs_k_fast: k_fast,
+                        rhs_k_fast: !k_fast,
                     };
                     let source = kernel.source().complete();
                     let module = wgpu::naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
@@ -360,12 +421,32 @@ mod tests {
     }
 
     #[test]
-    fn tiles_cover_256_threads_and_divide_the_load() {
-        for (m, n) in [(2048, 16), (16, 2048), (2048, 32), (32, 2048), (64, 64)] {
-            let t = Tile::for_shape(m, n);
-            assert_eq!(t.wx * t.wy, 256);
-            assert_eq!((BK * t.bm()) % 256, 0);
-            assert_eq!((BK * t.bn()) % 256, 0);
+    fn tiles_fit_a_workgroup_and_divide_the_load() {
+        for software in [false, true] {
+            for (m, n) in [(2048, 16), (16, 2048), (2048, 32), (32, 2048), (64, 64), (2048, 384), (1, 1)] {
+                let t = Tile::for_shape(m, n, software);
+                let threads = t.wx * t.wy;
+                assert!((1..=256).contains(&threads), "{t:?}");
+                assert_eq!(t.tm % 4, 0, "{t:?}: vec4 rows");
+                assert_eq!(t.tn % 4, 0, "{t:?}: vec4 columns");
+                assert_eq!((BK * t.bm()) % threads, 0, "{t:?}");
+                assert_eq!((BK * t.bn()) % threads, 0, "{t:?}");
+                // GPU tiles fit WebGPU's guaranteed 16 KiB of workgroup memory; software ones
+                // lavapipe's 32 KiB, and any tile shrinks to fit a smaller device.
+                let limit = if software { 32768 } else { 16384 };
+                assert!(t.shared_bytes() <= limit, "{t:?}");
+                let small = t.within(8192);
+                assert!(small.shared_bytes() <= 8192, "{small:?}");
+                assert_eq!((BK * small.bm()) % threads, 0, "{small:?}");
+                assert_eq!((BK * small.bn()) % threads, 0, "{small:?}");
+                // A thin side (a rank) is not padded to a square tile.
+                if n <= 16 && m > 16 {
+                    assert!(t.bn() <= 16, "{t:?}");
+                }
+                if m <= 16 && n > 16 {
+                    assert!(t.bm() <= 16, "{t:?}");
+                }
+            }
         }
     }
 }
