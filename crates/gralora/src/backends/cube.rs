@@ -136,11 +136,7 @@ impl BlockMatmulKernel {
         for i in 0..tm {
             for q in 0..bv {
                 decl += &format!("    var acc{i}_{q} = vec4<f32>(0.0);\n");
-                compute += &format!(
-                    "            acc{i}_{q} += a{}[{}u] * b{q};\n",
-                    i / 4,
-                    i % 4
-                );
+                compute += &format!("            acc{i}_{q} += a{}[{}u] * b{q};\n", i / 4, i % 4);
             }
         }
         let (out_row, out_col) = (
@@ -337,9 +333,10 @@ impl BlockMatmulOps for CubeBackend {
             return out;
         }
         // A device that is no card (cubecl's identity has no physical device): a CPU rasteriser.
-        let software = client.properties().identity.physical.is_none();
+        let properties = client.properties();
+        let software = properties.identity.physical.is_none();
         let tile = Tile::for_shape(spec.m, spec.n, software)
-            .within(client.properties().hardware.max_shared_memory_size);
+            .within(properties.hardware.max_shared_memory_size);
         let kernel = BlockMatmulKernel {
             f16,
             splits: splits(&spec),
@@ -423,7 +420,15 @@ mod tests {
     #[test]
     fn tiles_fit_a_workgroup_and_divide_the_load() {
         for software in [false, true] {
-            for (m, n) in [(2048, 16), (16, 2048), (2048, 32), (32, 2048), (64, 64), (2048, 384), (1, 1)] {
+            for (m, n) in [
+                (2048, 16),
+                (16, 2048),
+                (2048, 32),
+                (32, 2048),
+                (64, 64),
+                (2048, 384),
+                (1, 1),
+            ] {
                 let t = Tile::for_shape(m, n, software);
                 let threads = t.wx * t.wy;
                 assert!((1..=256).contains(&threads), "{t:?}");
@@ -436,9 +441,11 @@ mod tests {
                 let limit = if software { 32768 } else { 16384 };
                 assert!(t.shared_bytes() <= limit, "{t:?}");
                 let small = t.within(8192);
+                let small_threads = small.wx * small.wy;
                 assert!(small.shared_bytes() <= 8192, "{small:?}");
-                assert_eq!((BK * small.bm()) % threads, 0, "{small:?}");
-                assert_eq!((BK * small.bn()) % threads, 0, "{small:?}");
+                assert_eq!((small.tm % 4, small.tn % 4), (0, 0), "{small:?}");
+                assert_eq!((BK * small.bm()) % small_threads, 0, "{small:?}");
+                assert_eq!((BK * small.bn()) % small_threads, 0, "{small:?}");
                 // A thin side (a rank) is not padded to a square tile.
                 if n <= 16 && m > 16 {
                     assert!(t.bn() <= 16, "{t:?}");
