@@ -1,5 +1,5 @@
 //! Forward + backward of one adapted layer, four ways, timed in one run:
-//! LoRA (burn matmuls), GraLoRA composite (burn ops, regroup copy), GraLoRA through the
+//! LoRA (gralora's `LoraAdapter`: burn's matmuls on wgpu, the crate's gemm op on Flex), GraLoRA composite (burn ops, regroup copy), GraLoRA through the
 //! block-matmul op (WGSL kernel on wgpu, strided gemm on Flex), and burn 0.22's built-in LoRA
 //! (dense `W + s·A B` rebuilt every step).
 //!
@@ -14,8 +14,8 @@ use burn::module::{Lora, Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
-use gralora::GraLoraAdapter;
 use gralora::ops::gralora_blocks;
+use gralora::{GraLoraAdapter, LoraAdapter};
 
 #[derive(Parser)]
 #[command(
@@ -112,15 +112,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let x = rand([t, d]).require_grad();
                 let (ib, ob) = (d / k, d / k);
 
-                // LoRA through burn's matmuls.
+                // LoRA as the library runs it.
                 let la = rand([d, r]).require_grad();
                 let lb = rand([r, d]).require_grad();
+                let lora = LoraAdapter::from_tensors(la.clone(), lb.clone(), s);
                 let lora_ms = median_ms(&device, args.iters, || {
-                    let y = x
-                        .clone()
-                        .matmul(la.clone())
-                        .matmul(lb.clone())
-                        .mul_scalar(s);
+                    let y = lora.forward(x.clone());
                     let g = y.sum().backward();
                     touch(&[
                         first(x.grad(&g).unwrap()),

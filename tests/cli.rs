@@ -2,9 +2,12 @@
 //! Commands that need the real models skip when they are not fetched, unless
 //! `GRALORA_REQUIRE_ASSETS=1`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::Scratch;
 use serde_json::Value;
 
 fn gralora(args: &[&str], envs: &[(&str, &str)]) -> Output {
@@ -158,8 +161,7 @@ fn bad_arguments_are_one_line_errors() {
     assert_one_line_error(&o, &["tpu", "auto"]);
     let o = gralora(&["fetch", "imagenet"], &[]);
     assert_one_line_error(&o, &["imagenet", "minilm", "glue"]);
-    let empty = std::env::temp_dir().join(format!("gralora-cli-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&empty).unwrap();
+    let empty = Scratch::new("cli-empty");
     let o = gralora(
         &[
             "infer",
@@ -185,8 +187,8 @@ fn bad_arguments_are_one_line_errors() {
 
 #[test]
 fn fetch_without_pip_or_network_fails_cleanly_and_leaves_nothing_behind() {
-    let home = std::env::temp_dir().join(format!("gralora-cli-fetch-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&home);
+    let scratch = Scratch::new("cli-fetch");
+    let home = scratch.join("home");
     let h = home.to_str().unwrap();
     let o = gralora(
         &["fetch", "minilm"],
@@ -263,8 +265,8 @@ fn infer_with_a_peft_adapter_and_merge_reproduce_peft() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(cos(&o) >= 0.9999, "adapter output vs PEFT: {}", cos(&o));
-    let out = std::env::temp_dir().join(format!("gralora-cli-merged-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let scratch = Scratch::new("cli-merged");
+    let out = scratch.join("merged");
     let od = out.to_str().unwrap();
     let o = gralora(
         &["merge", "--model", "minilm", "--adapter", fx, "--out", od],

@@ -189,3 +189,206 @@ fn a_training_step_on_wgpu_matches_flex() {
         }
     }
 }
+
+/// `acc + alpha · L · R` and its gradients for `loss = Σ y ⊙ c`, by f64 loops:
+/// (y, ∂acc (column sums for a `[1, n]` row), ∂L = alpha · c Rᵀ, ∂R = alpha · Lᵀ c).
+#[allow(clippy::too_many_arguments)]
+fn dense_ref(
+    acc: Option<&[f32]>,
+    l: &[f32],
+    r: &[f32],
+    c: &[f32],
+    alpha: f64,
+    (m, k, n): (usize, usize, usize),
+) -> [Vec<f32>; 4] {
+    let row_acc = acc.is_some_and(|a| a.len() == n && m != 1);
+    let mut y = vec![0f32; m * n];
+    let mut da = vec![0f64; acc.map_or(0, <[f32]>::len)];
+    let mut dl = vec![0f32; m * k];
+    let mut dr = vec![0f32; k * n];
+    for i in 0..m {
+        for j in 0..n {
+            let base = acc.map_or(0.0, |a| a[if row_acc { j } else { i * n + j }] as f64);
+            let dot: f64 = (0..k)
+                .map(|p| l[i * k + p] as f64 * r[p * n + j] as f64)
+                .sum();
+            y[i * n + j] = (base + alpha * dot) as f32;
+            if acc.is_some() {
+                da[if row_acc { j } else { i * n + j }] += c[i * n + j] as f64;
+            }
+        }
+        for p in 0..k {
+            let s: f64 = (0..n)
+                .map(|j| c[i * n + j] as f64 * r[p * n + j] as f64)
+                .sum();
+            dl[i * k + p] = (alpha * s) as f32;
+        }
+    }
+    for p in 0..k {
+        for j in 0..n {
+            let s: f64 = (0..m)
+                .map(|i| l[i * k + p] as f64 * c[i * n + j] as f64)
+                .sum();
+            dr[p * n + j] = (alpha * s) as f32;
+        }
+    }
+    [y, da.iter().map(|v| *v as f32).collect(), dl, dr]
+}
+
+#[test]
+fn dense_products_and_their_gradients_equal_loops() {
+    // (m, k, n), accumulator kind (none, [1, n] bias, [m, n]), rhs given as a transposed view.
+    let cases = [
+        ((37, 24, 19), 0, false),
+        ((37, 24, 19), 1, true),
+        ((64, 48, 40), 2, false),
+        ((1, 16, 8), 1, false),
+        ((300, 200, 196), 2, true),
+        ((2048, 384, 32), 1, false),
+    ];
+    for (name, device) in devices() {
+        let ad = device.clone().autodiff();
+        for (i, &((m, k, n), acc_kind, rhs_view)) in cases.iter().enumerate() {
+            let mut rng = Rng::new(100 + i as u64);
+            let (l, r, c) = (rng.vec(m * k), rng.vec(k * n), rng.vec(m * n));
+            let acc = match acc_kind {
+                1 => Some(rng.vec(n)),
+                2 => Some(rng.vec(m * n)),
+                _ => None,
+            };
+            let alpha = 0.75;
+            let want = dense_ref(acc.as_deref(), &l, &r, &c, alpha, (m, k, n));
+            let lt: Tensor<2> = tensor(&l, [m, k], &ad).require_grad();
+            // The transposed view: an [n, k] tensor holding Rᵀ, read through swapped strides.
+            let rt_leaf: Tensor<2> = if rhs_view {
+                let rt: Vec<f32> = (0..n * k).map(|q| r[(q % k) * n + q / k]).collect();
+                tensor(&rt, [n, k], &ad).require_grad()
+            } else {
+                tensor(&r, [k, n], &ad).require_grad()
+            };
+            let rt = if rhs_view {
+                rt_leaf.clone().transpose()
+            } else {
+                rt_leaf.clone()
+            };
+            let at: Option<Tensor<2>> = acc.as_ref().map(|a| {
+                let rows = if a.len() == n { 1 } else { m };
+                tensor(a, [rows, n], &ad).require_grad()
+            });
+            let y = gralora::ops::matmul_acc(at.clone(), lt.clone(), rt, alpha as f32);
+            let grads = (y.clone() * tensor(&c, [m, n], &ad)).sum().backward();
+            let what = format!("{name} case {i} ({m}×{k}×{n}, acc {acc_kind})");
+            assert!(rel(&host(y), &want[0]) < 1e-5, "{what}: y");
+            if let Some(at) = at {
+                assert!(
+                    rel(&host(at.grad(&grads).unwrap()), &want[1]) < 1e-5,
+                    "{what}: ∂acc"
+                );
+            }
+            assert!(
+                rel(&host(lt.grad(&grads).unwrap()), &want[2]) < 1e-5,
+                "{what}: ∂L"
+            );
+            let mut dr = host(rt_leaf.grad(&grads).unwrap());
+            if rhs_view {
+                dr = (0..k * n).map(|q| dr[(q % n) * k + q / n]).collect();
+            }
+            assert!(rel(&dr, &want[3]) < 1e-5, "{what}: ∂R");
+        }
+    }
+}
+
+#[test]
+fn accumulating_leaves_a_shared_accumulator_untouched() {
+    // The CPU writes into the accumulator's buffer only when nothing else holds it.
+    for (name, device) in devices() {
+        let (m, k, n) = (20, 12, 16);
+        let mut rng = Rng::new(7);
+        let (acc, l, r) = (rng.vec(m * n), rng.vec(m * k), rng.vec(k * n));
+        let acc_t: Tensor<2> = tensor(&acc, [m, n], &device);
+        let y = gralora::ops::matmul_acc(
+            Some(acc_t.clone()),
+            tensor(&l, [m, k], &device),
+            tensor(&r, [k, n], &device),
+            1.0,
+        );
+        let want = dense_ref(Some(&acc), &l, &r, &vec![0.0; m * n], 1.0, (m, k, n));
+        assert!(rel(&host(y), &want[0]) < 1e-5, "{name}: y");
+        assert_eq!(host(acc_t), acc, "{name}: the shared accumulator changed");
+
+        // The same for the block product's accumulator (GraLoRA's second product).
+        let (t, d, rank, kk) = (9, 8, 4, 2);
+        let (x, a, b, base) = (
+            rng.vec(t * d),
+            rng.vec(kk * (d / kk) * rank),
+            rng.vec(kk * rank * (d / kk)),
+            rng.vec(t * d),
+        );
+        let base_t: Tensor<2> = tensor(&base, [t, d], &device);
+        let args = || {
+            (
+                tensor::<2>(&x, [t, d], &device),
+                tensor::<3>(&a, [kk, d / kk, rank], &device),
+                tensor::<3>(&b, [kk, rank, d / kk], &device),
+            )
+        };
+        let (xt, at, bt) = args();
+        let y = gralora::ops::gralora_blocks_acc(base_t.clone(), xt, at, bt, 0.5);
+        let (xt, at, bt) = args();
+        let branch = host(gralora_blocks(xt, at, bt, 0.5));
+        let want: Vec<f32> = base.iter().zip(&branch).map(|(p, q)| p + q).collect();
+        assert!(rel(&host(y), &want) < 1e-5, "{name}: block acc");
+        assert_eq!(
+            host(base_t),
+            base,
+            "{name}: the shared block accumulator changed"
+        );
+    }
+}
+
+#[test]
+fn block_accumulation_passes_the_gradient_through() {
+    // ∂(acc + s · blocks(x))/∂acc = the output gradient; x, A, B get the branch's gradients.
+    for (name, device) in devices() {
+        let ad = device.clone().autodiff();
+        let (t, d, r, k) = (33, 24, 8, 2);
+        let mut rng = Rng::new(11);
+        let (x, a, b, base, c) = (
+            rng.vec(t * d),
+            rng.vec(k * (d / k) * r),
+            rng.vec(k * r * (d / k)),
+            rng.vec(t * d),
+            rng.vec(t * d),
+        );
+        let run = |acc: bool| {
+            let xt: Tensor<2> = tensor(&x, [t, d], &ad).require_grad();
+            let at: Tensor<3> = tensor(&a, [k, d / k, r], &ad).require_grad();
+            let bt: Tensor<3> = tensor(&b, [k, r, d / k], &ad).require_grad();
+            let pt: Tensor<2> = tensor(&base, [t, d], &ad).require_grad();
+            let y = if acc {
+                gralora::ops::gralora_blocks_acc(
+                    pt.clone(),
+                    xt.clone(),
+                    at.clone(),
+                    bt.clone(),
+                    0.5,
+                )
+            } else {
+                pt.clone() + gralora_blocks(xt.clone(), at.clone(), bt.clone(), 0.5)
+            };
+            let grads = (y.clone() * tensor(&c, [t, d], &ad)).sum().backward();
+            [
+                host(y),
+                host(pt.grad(&grads).unwrap()),
+                host(xt.grad(&grads).unwrap()),
+                host(at.grad(&grads).unwrap()),
+                host(bt.grad(&grads).unwrap()),
+            ]
+        };
+        let (got, want) = (run(true), run(false));
+        assert_eq!(got[1], c, "{name}: ∂acc is the output gradient");
+        for (i, what) in ["y", "∂acc", "∂x", "∂A", "∂B"].iter().enumerate() {
+            assert!(rel(&got[i], &want[i]) < 1e-5, "{name}: {what}");
+        }
+    }
+}

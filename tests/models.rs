@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use common::{Rng, devices, host};
+use common::{Rng, Scratch, devices, host};
 use gralora::{AdaptOptions, GraLoraConfig, LoraConfig, Targets, attach_adapters};
 use gralora_models::assets;
 use gralora_models::gguf::GgufFile;
@@ -24,11 +24,8 @@ use serde_json::Value;
 
 // ---------------------------------------------------------------- helpers
 
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gralora-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp_dir(name: &str) -> Scratch {
+    Scratch::new(&format!("test-{name}"))
 }
 
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
@@ -784,8 +781,8 @@ fn smollm2_written_as_a_hf_snapshot_loads_back_with_the_same_logits() {
     let device = Device::flex();
     let source = ModelSource::resolve("smollm2", &assets::home()).unwrap();
     let loaded = LoadedModel::load(&source, &device).unwrap().model;
-    let out = std::env::temp_dir().join(format!("gralora-smollm2-hf-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let scratch = Scratch::new("smollm2-hf");
+    let out = scratch.join("snapshot");
     loaded.write_snapshot(&source, &out).unwrap();
     let hf = ModelSource::resolve(out.to_str().unwrap(), &out).unwrap();
     let again = LoadedModel::load(&hf, &device).unwrap().model;

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use common::host;
+use common::{Scratch, host};
 use gralora::{load_peft, save_peft};
 use gralora_models::{Bert, BertInput, TextTokenizer, assets};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -157,10 +157,8 @@ fn saved_adapters_round_trip_and_keep_peft_names() {
         let (_, mut bert) = Bert::from_dir(&dir, &device).unwrap();
         load_peft(&mut bert, fixtures().join(fixture)).unwrap();
         let before = embed(&bert, &dir, &sentences, &device);
-        let out = std::env::temp_dir().join(format!(
-            "gralora-peft-save-{fixture}-{}",
-            std::process::id()
-        ));
+        let scratch = Scratch::new(&format!("peft-save-{fixture}"));
+        let out = scratch.join("adapter");
         save_peft(
             &mut bert,
             &out,
@@ -219,10 +217,9 @@ fn altered(
     tag: &str,
     edit: impl Fn(&str, Vec<usize>) -> (String, Vec<usize>),
     edit_cfg: impl Fn(&mut Value),
-) -> PathBuf {
+) -> Scratch {
     let src = fixtures().join(fixture);
-    let out = std::env::temp_dir().join(format!("gralora-peft-bad-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&out).unwrap();
+    let out = Scratch::new(&format!("peft-bad-{tag}"));
     let bytes = std::fs::read(src.join("adapter_model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let owned: Vec<(String, Vec<usize>, Vec<u8>)> = st
@@ -256,9 +253,9 @@ fn altered(
 fn adapters_that_do_not_fit_fail_naming_key_and_shapes_and_attach_nothing() {
     let Some(dir) = minilm() else { return };
     let device = Device::flex();
-    let check = |bad: PathBuf, needles: &[&str]| {
+    let check = |bad: Scratch, needles: &[&str]| {
         let (_, mut bert) = Bert::from_dir(&dir, &device).unwrap();
-        let e = load_peft(&mut bert, &bad).unwrap_err().to_string();
+        let e = load_peft(&mut bert, &*bad).unwrap_err().to_string();
         for n in needles {
             assert!(e.contains(n), "`{n}` not in: {e}");
         }
@@ -370,12 +367,8 @@ fn adapters_that_do_not_fit_fail_naming_key_and_shapes_and_attach_nothing() {
     check(cut, &["adapter_model.safetensors", "truncated"]);
     // A model without adapters has nothing to save.
     let (_, mut bert) = Bert::from_dir(&dir, &device).unwrap();
-    let e = save_peft(
-        &mut bert,
-        std::env::temp_dir().join("gralora-nothing"),
-        None,
-    )
-    .unwrap_err();
+    let scratch = Scratch::new("peft-nothing");
+    let e = save_peft(&mut bert, scratch.join("adapter"), None).unwrap_err();
     assert!(e.to_string().contains("no adapters"));
 }
 
@@ -397,8 +390,8 @@ fn merged_snapshot_loads_as_a_plain_model_with_the_adapters_outputs() {
     loaded
         .load_adapter(&fixtures().join("gralora_hybrid"))
         .unwrap();
-    let out = std::env::temp_dir().join(format!("gralora-merged-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let scratch = Scratch::new("merged");
+    let out = scratch.join("snapshot");
     loaded.write_snapshot(&source, &out).unwrap();
     let e = loaded
         .write_snapshot(&source, &out)

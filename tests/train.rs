@@ -5,10 +5,13 @@
 //! Training tests need the MiniLM asset; they skip when it is not fetched, unless
 //! `GRALORA_REQUIRE_ASSETS=1` (CI).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::Scratch;
 use gralora_train::data::{self, Task};
 use gralora_train::train::{Method, RunMetrics, TrainConfig, evaluate, pad_id, tokenize, train};
 use serde_json::Value;
@@ -22,11 +25,8 @@ fn expected() -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gralora-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp_dir(name: &str) -> Scratch {
+    Scratch::new(&format!("train-{name}"))
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -57,7 +57,7 @@ fn fetched(asset: &str, path: &str) -> Option<PathBuf> {
 }
 
 /// A GRALORA_HOME with the data excerpts and (linked) the real MiniLM, or None to skip.
-fn excerpt_home(name: &str) -> Option<PathBuf> {
+fn excerpt_home(name: &str) -> Option<Scratch> {
     fetched("minilm", "minilm/model.safetensors")?;
     let real = gralora_models::assets::home().join("minilm");
     let home = tmp_dir(name);

@@ -200,3 +200,39 @@ pub fn assert_branch_matches_composite(
         );
     }
 }
+
+/// A scratch directory under the system temp dir, removed with everything in it when dropped
+/// (training runs write checkpoints of hundreds of MiB; nothing may pile up in /tmp).
+/// Derefs to its path.
+pub struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    /// A fresh empty directory named `gralora-{name}-…`.
+    pub fn new(name: &str) -> Self {
+        Self(
+            tempfile::Builder::new()
+                .prefix(&format!("gralora-{name}-"))
+                .tempdir()
+                .expect("create a scratch directory"),
+        )
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
+}

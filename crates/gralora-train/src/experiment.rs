@@ -1121,10 +1121,14 @@ mod tests {
         }
     }
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("gralora-exp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    /// A scratch directory (removed when dropped) and the not-yet-existing path inside it.
+    fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::Builder::new()
+            .prefix(&format!("gralora-exp-{name}-"))
+            .tempdir()
+            .unwrap();
+        let out = d.path().join("out");
+        (d, out)
     }
 
     /// A stand-in for training: writes the files a finished run has; accuracy from the rank.
@@ -1165,7 +1169,7 @@ mod tests {
 
     #[test]
     fn sweep_trains_once_reuses_resumes_and_refuses_other_settings() {
-        let out = tmp("sweep");
+        let (_scratch, out) = tmp("sweep");
         let spec = spec();
         let mut calls = Vec::new();
         let rows = rank_sweep(&spec, &out, &mut |_| {}, &mut fake_train(&mut calls)).unwrap();

@@ -165,7 +165,9 @@ impl AdaptedLinear {
         if let Some(probe) = &self.probe {
             probe.record(&x2);
         }
-        let y = self.base.forward(x2.clone());
+        // `x W + b`, then the branch added into it (on the CPU both are gemm calls writing one
+        // buffer: no separate bias or branch additions).
+        let y = crate::ops::linear(x2.clone(), &self.base);
         let adapter = match (&self.adapter, self.merged) {
             (Some(adapter), false) => adapter,
             _ => return y.reshape(out_shape),
@@ -174,7 +176,7 @@ impl AdaptedLinear {
             Some(dropout) => dropout.forward(x2),
             None => x2,
         };
-        (y + adapter.forward(x2)).reshape(out_shape)
+        adapter.forward_acc(y, x2).reshape(out_shape)
     }
 
     /// `ΔW` `[in, out]` (scale included), or `None` without an adapter.

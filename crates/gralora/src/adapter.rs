@@ -40,6 +40,18 @@ impl Adapter {
         }
     }
 
+    /// `acc + branch(x)`: the branch output added into `acc` (`[T, out]`), in place on the CPU.
+    ///
+    /// # Shapes
+    /// - acc: `[T, out]`, x: `[T, in]`
+    /// - output: `[T, out]`
+    pub fn forward_acc(&self, acc: Tensor<2>, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::Lora(a) => a.forward_acc(acc, x),
+            Self::GraLora(a) => a.forward_acc(acc, x),
+        }
+    }
+
     /// `ΔW` in burn's layout `[in, out]`, scale included.
     pub fn delta_weight(&self) -> Tensor<2> {
         match self {

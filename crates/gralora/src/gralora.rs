@@ -105,6 +105,23 @@ impl GraLoraAdapter {
         }
     }
 
+    /// `acc + s · blocks(x) (+ s · (x A_g) B_g)`, added into `acc` (`[T, out]`).
+    pub fn forward_acc(&self, acc: Tensor<2>, x: Tensor<2>) -> Tensor<2> {
+        match &self.general {
+            Some(g) => {
+                let y = crate::ops::gralora_blocks_acc(
+                    acc,
+                    x.clone(),
+                    self.a.val(),
+                    self.b.val(),
+                    self.scale,
+                );
+                g.forward_acc(y, x)
+            }
+            None => crate::ops::gralora_blocks_acc(acc, x, self.a.val(), self.b.val(), self.scale),
+        }
+    }
+
     /// `ΔW`, `[in, out]`, from the block formula: for every (n, j), `Z = A_nj B_nj` placed at block
     /// (n, j). One batched matmul of k² products, `in · out · r / k` MACs.
     pub fn delta_weight(&self) -> Tensor<2> {

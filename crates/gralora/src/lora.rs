@@ -5,6 +5,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::config::{Init, LoraConfig};
 use crate::init::{kaiming_uniform, param};
+use crate::ops::matmul_acc;
 
 /// A LoRA pair. Parameters are stored in burn's layout (`A: [in, r]`, `B: [r, out]`); the PEFT
 /// files hold their transposes and are converted at the file boundary.
@@ -73,9 +74,14 @@ impl LoraAdapter {
     /// - x: `[T, in]`
     /// - output: `[T, out]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        x.matmul(self.a.val())
-            .matmul(self.b.val())
-            .mul_scalar(self.scale)
+        let h = matmul_acc(None, x, self.a.val(), 1.0);
+        matmul_acc(None, h, self.b.val(), self.scale as f32)
+    }
+
+    /// `acc + s · (x A) B`, added into `acc` (`[T, out]`).
+    pub fn forward_acc(&self, acc: Tensor<2>, x: Tensor<2>) -> Tensor<2> {
+        let h = matmul_acc(None, x, self.a.val(), 1.0);
+        matmul_acc(Some(acc), h, self.b.val(), self.scale as f32)
     }
 
     /// `ΔW = s · A B`, `[in, out]`.

@@ -203,7 +203,13 @@ impl BlockMatmul {
     }
 }
 
-/// The backend extension. Inputs are read as contiguous row-major buffers.
+/// The backend extension. Block-matmul inputs are read as contiguous row-major buffers.
+///
+/// Besides the block matmul, two dense products with an accumulator, so that a layer's
+/// `x W + b + s · branch` is written once: the CPU backend runs each as one `gemm` into the
+/// accumulator's own buffer (or, without one, into an uninitialised buffer), instead of a zeroed
+/// output plus separate bias and branch additions. Elsewhere their default bodies are burn's own
+/// matmul and add, so GPUs keep their vendor-tuned matmul.
 #[backend_extension(Flex, Cube, Fusion, Autodiff)]
 pub trait BlockMatmulOps: Backend {
     /// `out = alpha · L · R` through the operand maps of `spec`.
@@ -213,6 +219,44 @@ pub trait BlockMatmulOps: Backend {
         rhs: FloatTensor<Self>,
         spec: BlockMatmul,
     ) -> FloatTensor<Self>;
+
+    /// `out = acc + alpha · L · R` through the maps of `spec`; `acc` has the output's shape.
+    #[fusion(default)]
+    fn block_matmul_acc(
+        acc: FloatTensor<Self>,
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        spec: BlockMatmul,
+    ) -> FloatTensor<Self> {
+        Self::float_add(acc, Self::block_matmul(lhs, rhs, spec))
+    }
+
+    /// `alpha · lhs · rhs` for 2-D `lhs: [m, k]`, `rhs: [k, n]` (any strides).
+    #[fusion(default)]
+    fn matmul_scaled(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        alpha: f32,
+    ) -> FloatTensor<Self> {
+        let out = Self::float_matmul(lhs, rhs);
+        if alpha == 1.0 {
+            out
+        } else {
+            Self::float_mul_scalar(out, alpha.into())
+        }
+    }
+
+    /// `acc + alpha · lhs · rhs` for 2-D `lhs: [m, k]`, `rhs: [k, n]`, and `acc` either `[m, n]` or
+    /// `[1, n]` (a bias, added to every row).
+    #[fusion(default)]
+    fn matmul_acc(
+        acc: FloatTensor<Self>,
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        alpha: f32,
+    ) -> FloatTensor<Self> {
+        Self::float_add(acc, Self::matmul_scaled(lhs, rhs, alpha))
+    }
 }
 
 /// Run a block matmul on tensors of any device. `lhs`, `rhs` and the result have the shapes
@@ -242,65 +286,160 @@ pub fn block_matmul<const DL: usize, const DR: usize, const DO: usize>(
     ))
 }
 
+/// `acc + L · R` through the maps of `spec` (`acc` has the output's shape), written into `acc`'s
+/// buffer where the backend can (the CPU backend, when nothing else holds `acc`).
+pub fn block_matmul_acc<const DL: usize, const DR: usize, const DO: usize>(
+    acc: Tensor<DO>,
+    lhs: Tensor<DL>,
+    rhs: Tensor<DR>,
+    spec: BlockMatmul,
+) -> Tensor<DO> {
+    spec.check();
+    assert_eq!(
+        acc.dims().as_slice(),
+        spec.out_shape.as_slice(),
+        "block_matmul_acc: accumulator shape"
+    );
+    assert_eq!(
+        lhs.dims().as_slice(),
+        spec.lhs_shape.as_slice(),
+        "block_matmul_acc: lhs shape"
+    );
+    assert_eq!(
+        rhs.dims().as_slice(),
+        spec.rhs_shape.as_slice(),
+        "block_matmul_acc: rhs shape"
+    );
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(Dispatch::block_matmul_acc(
+        acc.into_dispatch(),
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
+        spec,
+    ))
+}
+
+/// `acc + alpha · lhs · rhs` for `lhs: [m, k]`, `rhs: [k, n]`; `acc` is `[m, n]`, `[1, n]` (added to
+/// every row) or absent. On the CPU one `gemm` writes the result (into `acc`'s buffer when nothing
+/// else holds it); elsewhere burn's matmul and add.
+pub fn matmul_acc(acc: Option<Tensor<2>>, lhs: Tensor<2>, rhs: Tensor<2>, alpha: f32) -> Tensor<2> {
+    let [m, k] = lhs.dims();
+    let [k2, n] = rhs.dims();
+    assert_eq!(
+        k, k2,
+        "matmul_acc: lhs is [{m}, {k}] but rhs is [{k2}, {n}]"
+    );
+    use burn::backend::Dispatch;
+    match acc {
+        None => Tensor::from_dispatch(Dispatch::matmul_scaled(
+            lhs.into_dispatch(),
+            rhs.into_dispatch(),
+            alpha,
+        )),
+        Some(acc) => {
+            let [am, an] = acc.dims();
+            assert!(
+                an == n && (am == m || am == 1),
+                "matmul_acc: accumulator is [{am}, {an}], expected [{m}, {n}] or [1, {n}]"
+            );
+            Tensor::from_dispatch(Dispatch::matmul_acc(
+                acc.into_dispatch(),
+                lhs.into_dispatch(),
+                rhs.into_dispatch(),
+                alpha,
+            ))
+        }
+    }
+}
+
+/// A linear layer's `x W + b` through [`matmul_acc`] (the bias as the accumulator).
+///
+/// # Shapes
+/// - x: `[T, in]`
+/// - output: `[T, out]`
+pub fn linear(x: Tensor<2>, layer: &burn::nn::Linear) -> Tensor<2> {
+    let w = layer.weight.val();
+    let d_out = w.dims()[1];
+    let bias = layer.bias.as_ref().map(|b| b.val().reshape([1, d_out]));
+    matmul_acc(bias, x, w, 1.0)
+}
+
 /// GraLoRA's block branch `s · regroup(x_blocks · A) · B` as two block matmuls, no regroup copy.
 ///
 /// # Shapes
 /// - x: `[T, in]`, a: `[k, in/k, r]`, b: `[k, r, out/k]`
 /// - output: `[T, out]`
 pub fn gralora_blocks(x: Tensor<2>, a: Tensor<3>, b: Tensor<3>, scale: f64) -> Tensor<2> {
+    let ob = b.dims()[2];
+    let (h, spec) = gralora_first(x, a);
+    block_matmul(h, b, gralora_second_spec(&spec, ob, scale))
+}
+
+/// `acc + s · regroup(x_blocks · A) · B`: [`gralora_blocks`] added into `acc` (`[T, out]`).
+pub fn gralora_blocks_acc(
+    acc: Tensor<2>,
+    x: Tensor<2>,
+    a: Tensor<3>,
+    b: Tensor<3>,
+    scale: f64,
+) -> Tensor<2> {
+    let ob = b.dims()[2];
+    let (h, spec) = gralora_first(x, a);
+    block_matmul_acc(acc, h, b, gralora_second_spec(&spec, ob, scale))
+}
+
+/// GraLoRA's first product `h[n] = x_n · A[n]` (`[k, T, r]`) and its spec.
+fn gralora_first(x: Tensor<2>, a: Tensor<3>) -> (Tensor<3>, BlockMatmul) {
     let [t, d_in] = x.dims();
     let [k, ib, r] = a.dims();
-    let ob = b.dims()[2];
-    let rb = r / k;
     // h[n] = x_n · A[n]: x read as [k(n), T, ib] in place.
-    let h: Tensor<3> = block_matmul(
-        x,
-        a,
-        BlockMatmul {
-            g: k,
-            m: t,
-            n: r,
-            k: ib,
-            alpha: 1.0,
-            lhs: Operand {
-                batch: ib,
-                row: Axis::plain(d_in),
-                col: Axis::plain(1),
-            },
-            rhs: Operand::contiguous(ib, r),
-            out: Operand::contiguous(t, r),
-            out_shape: vec![k, t, r],
-            lhs_shape: vec![t, d_in],
-            rhs_shape: vec![k, ib, r],
+    let spec = BlockMatmul {
+        g: k,
+        m: t,
+        n: r,
+        k: ib,
+        alpha: 1.0,
+        lhs: Operand {
+            batch: ib,
+            row: Axis::plain(d_in),
+            col: Axis::plain(1),
         },
-    );
+        rhs: Operand::contiguous(ib, r),
+        out: Operand::contiguous(t, r),
+        out_shape: vec![k, t, r],
+        lhs_shape: vec![t, d_in],
+        rhs_shape: vec![k, ib, r],
+    };
+    (block_matmul(x, a, spec.clone()), spec)
+}
+
+/// The spec of GraLoRA's second product (`ob = out/k` columns per output block), given the first's.
+fn gralora_second_spec(first: &BlockMatmul, ob: usize, scale: f64) -> BlockMatmul {
+    let (k, t, r) = (first.g, first.m, first.n);
+    let rb = r / k;
     // y_j = Σ_n h[n][:, j-block] · B[j][n-block]: h read regrouped in place
     // (column c = n·rb + u of batch j is h[n][t, j·rb + u]); y written as [T, out] directly.
-    block_matmul(
-        h,
-        b,
-        BlockMatmul {
-            g: k,
-            m: t,
-            n: ob,
-            k: r,
-            alpha: scale as f32,
-            lhs: Operand {
-                batch: rb,
-                row: Axis::plain(r),
-                col: Axis::split(rb, t * r, 1),
-            },
-            rhs: Operand::contiguous(r, ob),
-            out: Operand {
-                batch: ob,
-                row: Axis::plain(k * ob),
-                col: Axis::plain(1),
-            },
-            out_shape: vec![t, k * ob],
-            lhs_shape: vec![k, t, r],
-            rhs_shape: vec![k, r, ob],
+    BlockMatmul {
+        g: k,
+        m: t,
+        n: ob,
+        k: r,
+        alpha: scale as f32,
+        lhs: Operand {
+            batch: rb,
+            row: Axis::plain(r),
+            col: Axis::split(rb, t * r, 1),
         },
-    )
+        rhs: Operand::contiguous(r, ob),
+        out: Operand {
+            batch: ob,
+            row: Axis::plain(k * ob),
+            col: Axis::plain(1),
+        },
+        out_shape: vec![t, k * ob],
+        lhs_shape: vec![k, t, r],
+        rhs_shape: vec![k, r, ob],
+    }
 }
 
 /// How many times the `#[cube]` twin kernel has run in this process (CubeCL runtimes that do not
