@@ -145,6 +145,21 @@ pub const ASSETS: &[Asset] = &[
             "7c545917836f4935ff00d729bf8190564651c0f0eb9e07fb258f1c1a182e8f4e",
         )],
     },
+    Asset {
+        name: "openblas",
+        about: "OpenBLAS 0.3.34 for x86-64 Linux (scipy-openblas32): a faster GEMM for the CPU backend, loaded at run time when present",
+        package: "scipy-openblas32==0.3.34.481.3",
+        archive_sha256: "0595f94cd58c1f8a0d90c975621f4587337a003916b1979e834ebdf2cb5d9504",
+        sdist: false,
+        extract: &[(
+            "scipy_openblas32/lib/libscipy_openblas.so",
+            "libscipy_openblas.so",
+        )],
+        pinned: &[(
+            "libscipy_openblas.so",
+            "b396d74f12ab4319e6713b3287104d64245c76c60e5bd9eaeb4b447eda66a561",
+        )],
+    },
 ];
 
 /// The cache directory: `$GRALORA_HOME`, else `~/.cache/gralora`.
@@ -165,6 +180,12 @@ pub fn find(name: &str) -> Result<&'static Asset> {
             msg: format!("unknown asset; known: {}, all", names.join(", ")),
         }
     })
+}
+
+/// Whether `asset` can be fetched on this platform: the `openblas` wheel is built for x86-64
+/// Linux only (elsewhere the CPU backend keeps its built-in GEMM).
+pub fn available_here(asset: &Asset) -> bool {
+    asset.name != "openblas" || cfg!(all(target_arch = "x86_64", target_os = "linux"))
 }
 
 /// What a fetched asset directory records about itself.
@@ -267,6 +288,12 @@ pub fn fetch(
     let target = dir(home, asset);
     if is_present(home, asset) {
         return Ok(Fetched::Present(target));
+    }
+    if !available_here(asset) {
+        return Err(fetch_err(
+            asset,
+            "its wheel is built for x86-64 Linux only; on this platform the CPU backend uses its built-in GEMM (or set GRALORA_BLAS to an OpenBLAS library)",
+        ));
     }
     fs::create_dir_all(home).map_err(|e| ModelError::io(home, e))?;
     let py = python();

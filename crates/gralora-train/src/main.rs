@@ -1,7 +1,7 @@
 //! `gralora`: fetch assets, run and fine-tune models with GraLoRA, GoRA and LoRA adapters.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -443,7 +443,7 @@ fn fetch(args: FetchArgs) -> Result<(), Error> {
     let mut list = Vec::new();
     for name in &args.assets {
         if name == "all" {
-            list.extend(assets::ASSETS.iter());
+            list.extend(assets::ASSETS.iter().filter(|a| assets::available_here(a)));
         } else {
             list.push(assets::find(name)?);
         }
@@ -480,7 +480,49 @@ fn fetch_missing(model: &str, task: Option<&str>) -> Result<(), Error> {
             list.push(assets::find(name)?);
         }
     }
-    fetch_list(list, false)
+    fetch_list(list, false)?;
+    setup_cpu_blas(&home)
+}
+
+/// Give the CPU backend's products an OpenBLAS when one is there (`gralora::blas`): the library
+/// `GRALORA_BLAS` names (`off` for none; one that does not load is an error), else the fetched
+/// `openblas` asset (fetched here on x86-64 Linux when missing; a failed fetch only warns), else
+/// the system's `libopenblas.so.0`. Without any, the `gemm` crate computes them, as before.
+fn setup_cpu_blas(home: &Path) -> Result<(), Error> {
+    match std::env::var_os("GRALORA_BLAS") {
+        Some(v) if ["off", "none", "0", ""].contains(&v.to_string_lossy().as_ref()) => {
+            gralora::blas::set(None);
+            return Ok(());
+        }
+        Some(v) => {
+            gralora::blas::set(Some(gralora::blas::CpuBlas::open(&v)?));
+            return Ok(());
+        }
+        None => {}
+    }
+    let asset = assets::find("openblas")?;
+    if assets::available_here(asset)
+        && !assets::is_present(home, asset)
+        && let Err(e) = fetch_list(vec![asset], false)
+    {
+        eprintln!("warning: {e}; the CPU backend uses its built-in GEMM");
+    }
+    let fetched = assets::dir(home, asset).join("libscipy_openblas.so");
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if assets::is_present(home, asset) {
+        candidates.push(fetched);
+    }
+    candidates.extend(gralora::blas::SYSTEM_NAMES.iter().map(PathBuf::from));
+    gralora::blas::set(gralora::blas::first_available(&candidates));
+    Ok(())
+}
+
+/// What computes the CPU backend's products, for progress lines and benchmarks.
+fn cpu_gemm() -> String {
+    match gralora::blas::active() {
+        Some(b) => format!("{} ({})", b.describe(), b.path().display()),
+        None => "the gemm crate".into(),
+    }
 }
 
 fn fetch_list(list: Vec<&'static assets::Asset>, quiet: bool) -> Result<(), Error> {
@@ -944,8 +986,13 @@ fn merge(args: MergeArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The device, and on the CPU what computes its matrix products.
 fn device_name(device: &Device) -> String {
-    format!("{device:?}")
+    if format!("{device:?}").contains("Flex") {
+        format!("{device:?} (GEMM: {})", cpu_gemm())
+    } else {
+        format!("{device:?}")
+    }
 }
 
 fn infer(args: InferArgs) -> Result<(), Error> {

@@ -19,6 +19,7 @@ mod adapt;
 mod adapted_linear;
 mod adapter;
 mod backends;
+pub mod blas;
 mod config;
 pub mod device;
 mod error;

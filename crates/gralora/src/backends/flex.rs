@@ -240,12 +240,18 @@ unsafe fn run_f32(spec: &BlockMatmul, lhs: &[f32], rhs: &[f32], out: *mut f32, a
     let macs = spec.g * spec.m * spec.n * spec.k;
     let threads = rayon::current_num_threads();
     let parallel = macs >= PARALLEL_MACS && threads > 1;
+    let blas = crate::blas::active();
     // One wide product (a dense layer) is left to the gemm crate's own threading, which splits
-    // it at least as well (measured: equal to 2 % on MiniLM's shapes).
-    let gemm_threads = parallel && rects.len() == 1 && spec.n.min(spec.k) >= 64;
+    // it at least as well (measured: equal to 2 % on MiniLM's shapes). OpenBLAS runs
+    // single-threaded (its own threads spin and starve rayon's: measured 20 % slower steps),
+    // so with it every product is cut into row blocks here.
+    let gemm_threads = blas.is_none() && parallel && rects.len() == 1 && spec.n.min(spec.k) >= 64;
     let parallel = parallel && !gemm_threads;
     if parallel {
-        let pieces = (4 * threads).div_ceil(rects.len()).max(1);
+        // Whole-core pieces for one wide product (each piece packs the right operand again, so
+        // fewer is better there); several per core for many thin ones (load balance).
+        let per_core = if rects.len() == 1 { 1 } else { 4 };
+        let pieces = (per_core * threads).div_ceil(rects.len()).max(1);
         rects = rects
             .into_iter()
             .flat_map(|(g, m0, m1, n0, n1)| {
@@ -262,10 +268,36 @@ unsafe fn run_f32(spec: &BlockMatmul, lhs: &[f32], rhs: &[f32], out: *mut f32, a
         for (ki, &(k0, k1)) in k_runs.iter().enumerate() {
             let l = spec.lhs.offset(g, m0, k0);
             let r = spec.rhs.offset(g, k0, n0);
+            let read_dst = accumulate || ki > 0;
             // SAFETY: every offset reached by (m, n, k) in these runs lies inside its buffer
             // (the maps cover their tensors, checked by `BlockMatmul::check`); rectangles are
             // disjoint in the output, and the caller gives `out` exclusively.
             unsafe {
+                let done = blas.is_some_and(|blas| {
+                    blas.sgemm(
+                        (m1 - m0, n1 - n0, k1 - k0),
+                        spec.alpha,
+                        (
+                            lhs.as_ptr().add(l),
+                            spec.lhs.row.lo as isize,
+                            spec.lhs.col.lo as isize,
+                        ),
+                        (
+                            rhs.as_ptr().add(r),
+                            spec.rhs.row.lo as isize,
+                            spec.rhs.col.lo as isize,
+                        ),
+                        (
+                            out.get().add(dst),
+                            spec.out.row.lo as isize,
+                            spec.out.col.lo as isize,
+                        ),
+                        read_dst,
+                    )
+                });
+                if done {
+                    continue;
+                }
                 gemm::gemm(
                     m1 - m0,
                     n1 - n0,
@@ -273,7 +305,7 @@ unsafe fn run_f32(spec: &BlockMatmul, lhs: &[f32], rhs: &[f32], out: *mut f32, a
                     out.get().add(dst),
                     spec.out.col.lo as isize,
                     spec.out.row.lo as isize,
-                    accumulate || ki > 0,
+                    read_dst,
                     lhs.as_ptr().add(l),
                     spec.lhs.col.lo as isize,
                     spec.lhs.row.lo as isize,
