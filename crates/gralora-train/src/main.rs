@@ -481,14 +481,14 @@ fn fetch_missing(model: &str, task: Option<&str>) -> Result<(), Error> {
         }
     }
     fetch_list(list, false)?;
-    setup_cpu_blas(&home)
+    setup_cpu_blas(&home, true)
 }
 
 /// Give the CPU backend's products an OpenBLAS when one is there (`gralora::blas`): the library
 /// `GRALORA_BLAS` names (`off` for none; one that does not load is an error), else the fetched
-/// `openblas` asset (fetched here on x86-64 Linux when missing; a failed fetch only warns), else
-/// the system's `libopenblas.so.0`. Without any, the `gemm` crate computes them, as before.
-fn setup_cpu_blas(home: &Path) -> Result<(), Error> {
+/// `openblas` asset (with `fetch`, fetched here on x86-64 Linux when missing; a failed fetch only
+/// warns), else the system's `libopenblas.so.0`. Without any, the `gemm` crate computes them.
+fn setup_cpu_blas(home: &Path, fetch: bool) -> Result<(), Error> {
     match std::env::var_os("GRALORA_BLAS") {
         Some(v) if ["off", "none", "0", ""].contains(&v.to_string_lossy().as_ref()) => {
             gralora::blas::set(None);
@@ -501,7 +501,8 @@ fn setup_cpu_blas(home: &Path) -> Result<(), Error> {
         None => {}
     }
     let asset = assets::find("openblas")?;
-    if assets::available_here(asset)
+    if fetch
+        && assets::available_here(asset)
         && !assets::is_present(home, asset)
         && let Err(e) = fetch_list(vec![asset], false)
     {
@@ -996,6 +997,7 @@ fn device_name(device: &Device) -> String {
 }
 
 fn infer(args: InferArgs) -> Result<(), Error> {
+    setup_cpu_blas(&assets::home(), false)?;
     let device = gralora::device::select(&args.device)?;
     let source = ModelSource::resolve(&args.model, &assets::home())?;
     let mut loaded = LoadedModel::load(&source, &device)?;
