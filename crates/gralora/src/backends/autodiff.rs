@@ -4,151 +4,151 @@
 //! products again; an accumulator's gradient is the output's (summed over rows for a `[1, n]` bias).
 //! Each op keeps only what its tracked inputs' gradients need: a frozen base weight's product
 //! keeps the weight, not the activation.
+//!
+//! All four ops share one backward, [`ProductBackward`], with `N = 2` parents (lhs, rhs) or
+//! `N = 3` (accumulator, lhs, rhs).
+
+use std::marker::PhantomData;
 
 use burn::backend::Backend;
 use burn::backend::TensorMetadata;
 use burn::backend::tensor::FloatTensor;
+use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_autodiff::{Autodiff, NodeId};
+use burn_autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 
 use crate::ops::{BlockMatmul, BlockMatmulOps};
 
-#[derive(Debug)]
-struct BlockMatmulBackward;
+/// What a product's gradients are, given its spec (a block map, or a dense product's scale).
+trait Product: Clone + Send + std::fmt::Debug + 'static {
+    /// `∂lhs` from the output gradient and rhs.
+    fn grad_lhs<B: BlockMatmulOps>(
+        &self,
+        grad: FloatTensor<B>,
+        rhs: FloatTensor<B>,
+    ) -> FloatTensor<B>;
+    /// `∂rhs` from lhs and the output gradient.
+    fn grad_rhs<B: BlockMatmulOps>(
+        &self,
+        lhs: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B>;
+}
 
-/// What a product's backward needs: rhs for ∂lhs, lhs for ∂rhs (each only if that gradient is
-/// wanted), the spec or scale, and whether the accumulator was a `[1, n]` row.
-type ProductState<B, S> = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, S, bool);
-
-impl<B: Backend + BlockMatmulOps> Backward<B, 2> for BlockMatmulBackward {
-    type State = ProductState<B, BlockMatmul>;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node_lhs, node_rhs] = ops.parents.map(|p| p.map(|n| n.id));
-        let grad = grads.consume::<B>(&ops.node);
-        block_grads::<B>(ops.state, node_lhs, node_rhs, grad, grads);
+impl Product for BlockMatmul {
+    fn grad_lhs<B: BlockMatmulOps>(
+        &self,
+        grad: FloatTensor<B>,
+        rhs: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        B::block_matmul(grad, rhs, BlockMatmul::grad_lhs(self))
+    }
+    fn grad_rhs<B: BlockMatmulOps>(
+        &self,
+        lhs: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        B::block_matmul(lhs, grad, BlockMatmul::grad_rhs(self))
     }
 }
 
-#[derive(Debug)]
-struct BlockMatmulAccBackward;
+/// A dense product `alpha · L · R`: `∂L = alpha · g · Rᵀ`, `∂R = alpha · Lᵀ · g` (transposes are
+/// strided views).
+#[derive(Debug, Clone, Copy)]
+struct Dense(f32);
 
-impl<B: Backend + BlockMatmulOps> Backward<B, 3> for BlockMatmulAccBackward {
-    type State = ProductState<B, BlockMatmul>;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 3>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node_acc, node_lhs, node_rhs] = ops.parents.map(|p| p.map(|n| n.id));
-        let grad = grads.consume::<B>(&ops.node);
-        if let Some(node) = node_acc {
-            grads.register::<B>(node, grad.clone());
-        }
-        block_grads::<B>(ops.state, node_lhs, node_rhs, grad, grads);
+impl Product for Dense {
+    fn grad_lhs<B: BlockMatmulOps>(
+        &self,
+        grad: FloatTensor<B>,
+        rhs: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        B::matmul_scaled(grad, B::float_transpose(rhs), self.0)
+    }
+    fn grad_rhs<B: BlockMatmulOps>(
+        &self,
+        lhs: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        B::matmul_scaled(B::float_transpose(lhs), grad, self.0)
     }
 }
 
-fn block_grads<B: Backend + BlockMatmulOps>(
-    (lhs, rhs, spec, _): ProductState<B, BlockMatmul>,
-    node_lhs: Option<NodeId>,
-    node_rhs: Option<NodeId>,
-    grad: FloatTensor<B>,
-    grads: &mut Gradients,
-) {
-    if let (Some(node), Some(rhs)) = (node_lhs, rhs) {
-        let g = B::block_matmul(grad.clone(), rhs, spec.grad_lhs());
-        grads.register::<B>(node, g);
-    }
-    if let (Some(node), Some(lhs)) = (node_rhs, lhs) {
-        let g = B::block_matmul(lhs, grad, spec.grad_rhs());
-        grads.register::<B>(node, g);
-    }
-}
+/// What the backward keeps: lhs (only if rhs's gradient is wanted), rhs (only if lhs's is), the
+/// spec, and whether the accumulator was a `[1, n]` row added to every row.
+type State<B, S> = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, S, bool);
 
 #[derive(Debug)]
-struct MatmulBackward;
+struct ProductBackward<S>(PhantomData<S>);
 
-impl<B: Backend + BlockMatmulOps> Backward<B, 2> for MatmulBackward {
-    type State = ProductState<B, f32>;
+impl<B: Backend + BlockMatmulOps, S: Product, const N: usize> Backward<B, N>
+    for ProductBackward<S>
+{
+    type State = State<B, S>;
 
     fn backward(
         self,
-        ops: Ops<Self::State, 2>,
+        ops: Ops<Self::State, N>,
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [node_lhs, node_rhs] = ops.parents.map(|p| p.map(|n| n.id));
-        let grad = grads.consume::<B>(&ops.node);
-        dense_grads::<B>(ops.state, node_lhs, node_rhs, grad, grads);
-    }
-}
-
-#[derive(Debug)]
-struct MatmulAccBackward;
-
-impl<B: Backend + BlockMatmulOps> Backward<B, 3> for MatmulAccBackward {
-    type State = ProductState<B, f32>;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 3>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node_acc, node_lhs, node_rhs] = ops.parents.map(|p| p.map(|n| n.id));
+        let parents = ops.parents.map(|p| p.map(|n| n.id));
+        let node_acc = if N == 3 { parents[0] } else { None };
+        let (node_lhs, node_rhs) = (parents[N - 2], parents[N - 1]);
+        let (lhs, rhs, spec, row) = ops.state;
         let grad = grads.consume::<B>(&ops.node);
         if let Some(node) = node_acc {
-            let g = if ops.state.3 {
+            let g = if row {
                 B::float_sum_dim(grad.clone(), 0)
             } else {
                 grad.clone()
             };
             grads.register::<B>(node, g);
         }
-        dense_grads::<B>(ops.state, node_lhs, node_rhs, grad, grads);
+        if let (Some(node), Some(rhs)) = (node_lhs, rhs) {
+            grads.register::<B>(node, spec.grad_lhs::<B>(grad.clone(), rhs));
+        }
+        if let (Some(node), Some(lhs)) = (node_rhs, lhs) {
+            grads.register::<B>(node, spec.grad_rhs::<B>(lhs, grad));
+        }
     }
 }
 
-/// `∂lhs = alpha · g · rhsᵀ`, `∂rhs = alpha · lhsᵀ · g` (transposes are strided views).
-fn dense_grads<B: Backend + BlockMatmulOps>(
-    (lhs, rhs, alpha, _): ProductState<B, f32>,
-    node_lhs: Option<NodeId>,
-    node_rhs: Option<NodeId>,
-    grad: FloatTensor<B>,
-    grads: &mut Gradients,
-) {
-    if let (Some(node), Some(rhs)) = (node_lhs, rhs) {
-        let g = B::matmul_scaled(grad.clone(), B::float_transpose(rhs), alpha);
-        grads.register::<B>(node, g);
+/// Run `forward` on the inner backend and record the product in the graph (`row`: the accumulator
+/// is a `[1, n]` row added to every output row).
+fn record<B, C, S, const N: usize>(
+    nodes: [NodeGuard; N],
+    acc: Option<FloatTensor<Autodiff<B, C>>>,
+    lhs: FloatTensor<Autodiff<B, C>>,
+    rhs: FloatTensor<Autodiff<B, C>>,
+    spec: S,
+    row: bool,
+    forward: impl FnOnce(Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend + BlockMatmulOps,
+    C: CheckpointStrategy,
+    S: Product,
+{
+    let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+    let (acc, lhs, rhs) = (
+        acc.map(|a| a.into_primitive()),
+        lhs.into_primitive(),
+        rhs.into_primitive(),
+    );
+    let keep_lhs = rhs_tracked.then(|| lhs.clone());
+    let keep_rhs = lhs_tracked.then(|| rhs.clone());
+    let out = forward(acc, lhs, rhs);
+    match ProductBackward::<S>(PhantomData)
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((keep_lhs, keep_rhs, spec, row), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
     }
-    if let (Some(node), Some(lhs)) = (node_rhs, lhs) {
-        let g = B::matmul_scaled(B::float_transpose(lhs), grad, alpha);
-        grads.register::<B>(node, g);
-    }
-}
-
-/// Keep `rhs` if lhs's gradient is wanted and `lhs` if rhs's is.
-fn keep<B: Backend>(
-    lhs: &FloatTensor<B>,
-    rhs: &FloatTensor<B>,
-    lhs_tracked: bool,
-    rhs_tracked: bool,
-) -> (Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
-    (
-        rhs_tracked.then(|| lhs.clone()),
-        lhs_tracked.then(|| rhs.clone()),
-    )
 }
 
 impl<B: Backend + BlockMatmulOps, C: CheckpointStrategy> BlockMatmulOps for Autodiff<B, C> {
@@ -157,20 +157,11 @@ impl<B: Backend + BlockMatmulOps, C: CheckpointStrategy> BlockMatmulOps for Auto
         rhs: FloatTensor<Autodiff<B, C>>,
         spec: BlockMatmul,
     ) -> FloatTensor<Autodiff<B, C>> {
-        let (lhs_node, rhs_node) = (lhs.node(), rhs.node());
-        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
-        let lhs = lhs.into_primitive();
-        let rhs = rhs.into_primitive();
-        let (keep_lhs, keep_rhs) = keep::<B>(&lhs, &rhs, lhs_tracked, rhs_tracked);
-        let out = B::block_matmul(lhs, rhs, spec.clone());
-        match BlockMatmulBackward
-            .prepare::<C>([lhs_node, rhs_node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((keep_lhs, keep_rhs, spec, false), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        let nodes = [lhs.node(), rhs.node()];
+        let s = spec.clone();
+        record::<B, C, _, 2>(nodes, None, lhs, rhs, spec, false, |_, l, r| {
+            B::block_matmul(l, r, s)
+        })
     }
 
     fn block_matmul_acc(
@@ -180,22 +171,10 @@ impl<B: Backend + BlockMatmulOps, C: CheckpointStrategy> BlockMatmulOps for Auto
         spec: BlockMatmul,
     ) -> FloatTensor<Autodiff<B, C>> {
         let nodes = [acc.node(), lhs.node(), rhs.node()];
-        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
-        let (acc, lhs, rhs) = (
-            acc.into_primitive(),
-            lhs.into_primitive(),
-            rhs.into_primitive(),
-        );
-        let (keep_lhs, keep_rhs) = keep::<B>(&lhs, &rhs, lhs_tracked, rhs_tracked);
-        let out = B::block_matmul_acc(acc, lhs, rhs, spec.clone());
-        match BlockMatmulAccBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((keep_lhs, keep_rhs, spec, false), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        let s = spec.clone();
+        record::<B, C, _, 3>(nodes, Some(acc), lhs, rhs, spec, false, |a, l, r| {
+            B::block_matmul_acc(a.expect("accumulator"), l, r, s)
+        })
     }
 
     fn matmul_scaled(
@@ -204,18 +183,9 @@ impl<B: Backend + BlockMatmulOps, C: CheckpointStrategy> BlockMatmulOps for Auto
         alpha: f32,
     ) -> FloatTensor<Autodiff<B, C>> {
         let nodes = [lhs.node(), rhs.node()];
-        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
-        let (lhs, rhs) = (lhs.into_primitive(), rhs.into_primitive());
-        let (keep_lhs, keep_rhs) = keep::<B>(&lhs, &rhs, lhs_tracked, rhs_tracked);
-        let out = B::matmul_scaled(lhs, rhs, alpha);
-        match MatmulBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((keep_lhs, keep_rhs, alpha, false), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        record::<B, C, _, 2>(nodes, None, lhs, rhs, Dense(alpha), false, |_, l, r| {
+            B::matmul_scaled(l, r, alpha)
+        })
     }
 
     fn matmul_acc(
@@ -225,22 +195,9 @@ impl<B: Backend + BlockMatmulOps, C: CheckpointStrategy> BlockMatmulOps for Auto
         alpha: f32,
     ) -> FloatTensor<Autodiff<B, C>> {
         let nodes = [acc.node(), lhs.node(), rhs.node()];
-        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
-        let (acc, lhs, rhs) = (
-            acc.into_primitive(),
-            lhs.into_primitive(),
-            rhs.into_primitive(),
-        );
         let row = acc.shape()[0] == 1 && lhs.shape()[0] != 1;
-        let (keep_lhs, keep_rhs) = keep::<B>(&lhs, &rhs, lhs_tracked, rhs_tracked);
-        let out = B::matmul_acc(acc, lhs, rhs, alpha);
-        match MatmulAccBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((keep_lhs, keep_rhs, alpha, row), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        record::<B, C, _, 3>(nodes, Some(acc), lhs, rhs, Dense(alpha), row, |a, l, r| {
+            B::matmul_acc(a.expect("accumulator"), l, r, alpha)
+        })
     }
 }
