@@ -129,6 +129,14 @@ pub struct BlockMatmul {
 }
 
 impl BlockMatmul {
+    /// [`check`](Self::check), and that the operands have the shapes recorded here (`op` names
+    /// the caller in the panic message).
+    fn check_operands(&self, op: &str, lhs: &[usize], rhs: &[usize]) {
+        self.check();
+        assert_eq!(lhs, self.lhs_shape.as_slice(), "{op}: lhs shape");
+        assert_eq!(rhs, self.rhs_shape.as_slice(), "{op}: rhs shape");
+    }
+
     /// The op computing `∂L/∂lhs` from `∂L/∂out`: `alpha · gO · Rᵀ`, written through lhs's map.
     pub fn grad_lhs(&self) -> Self {
         Self {
@@ -266,17 +274,7 @@ pub fn block_matmul<const DL: usize, const DR: usize, const DO: usize>(
     rhs: Tensor<DR>,
     spec: BlockMatmul,
 ) -> Tensor<DO> {
-    spec.check();
-    assert_eq!(
-        lhs.dims().as_slice(),
-        spec.lhs_shape.as_slice(),
-        "block_matmul: lhs shape"
-    );
-    assert_eq!(
-        rhs.dims().as_slice(),
-        spec.rhs_shape.as_slice(),
-        "block_matmul: rhs shape"
-    );
+    spec.check_operands("block_matmul", &lhs.dims(), &rhs.dims());
     assert_eq!(spec.out_shape.len(), DO, "block_matmul: output rank");
     use burn::backend::Dispatch;
     Tensor::from_dispatch(Dispatch::block_matmul(
@@ -294,21 +292,11 @@ pub fn block_matmul_acc<const DL: usize, const DR: usize, const DO: usize>(
     rhs: Tensor<DR>,
     spec: BlockMatmul,
 ) -> Tensor<DO> {
-    spec.check();
+    spec.check_operands("block_matmul_acc", &lhs.dims(), &rhs.dims());
     assert_eq!(
         acc.dims().as_slice(),
         spec.out_shape.as_slice(),
         "block_matmul_acc: accumulator shape"
-    );
-    assert_eq!(
-        lhs.dims().as_slice(),
-        spec.lhs_shape.as_slice(),
-        "block_matmul_acc: lhs shape"
-    );
-    assert_eq!(
-        rhs.dims().as_slice(),
-        spec.rhs_shape.as_slice(),
-        "block_matmul_acc: rhs shape"
     );
     use burn::backend::Dispatch;
     Tensor::from_dispatch(Dispatch::block_matmul_acc(

@@ -123,16 +123,14 @@ const PARALLEL_MACS: usize = 192 * 192 * 192;
 /// accumulator's buffer when it is `[m, n]`, into a buffer pre-filled with it when it is `[1, n]`,
 /// or, without one, into an uninitialised buffer.
 fn dense(acc: Option<FlexTensor>, lhs: FlexTensor, rhs: FlexTensor, alpha: f32) -> FlexTensor {
-    let lhs = if strided_2d(&lhs).is_some() {
-        lhs
-    } else {
-        contiguous(lhs)
+    let readable = |t: FlexTensor| {
+        if strided_2d(&t).is_some() {
+            t
+        } else {
+            contiguous(t)
+        }
     };
-    let rhs = if strided_2d(&rhs).is_some() {
-        rhs
-    } else {
-        contiguous(rhs)
-    };
+    let (lhs, rhs) = (readable(lhs), readable(rhs));
     let (l, l_rs, l_cs) = strided_2d(&lhs).expect("2-D lhs");
     let (r, r_rs, r_cs) = strided_2d(&rhs).expect("2-D rhs");
     let [m, k] = lhs.layout().shape().dims::<2>();
