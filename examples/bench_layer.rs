@@ -3,9 +3,9 @@
 //! block-matmul op (WGSL kernel on wgpu, strided gemm on Flex), and burn 0.22's built-in LoRA
 //! (dense `W + s·A B` rebuilt every step).
 //!
-//! `cargo run --release --example bench_layer -- --device wgpu|flex [--json] [--iters N] [--max-dim D]`
+//! `cargo run --release --example bench_layer -- --device wgpu|flex [--json] [--iters N] [--warmup W] [--max-dim D]`
 //!
-//! Each time is the median of `--iters` iterations after one warm-up; an iteration is the forward,
+//! Each time is the median of `--iters` iterations after `--warmup` untimed ones; an iteration is the forward,
 //! `backward()`, and a read of one scalar that depends on every gradient (so lazy backends run it).
 
 use std::time::Instant;
@@ -31,6 +31,10 @@ struct Args {
     /// Timed iterations per measurement (median reported).
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// Untimed iterations first. On a GPU give several: a new shape's kernels are compiled and
+    /// tuned over its first calls (on an H200, one warm-up left LoRA's time varying 3× by order).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
     /// Tokens per batch.
     #[arg(long, default_value_t = 2048)]
     tokens: usize,
@@ -45,8 +49,10 @@ struct Args {
     ks: Vec<usize>,
 }
 
-fn median_ms(device: &Device, iters: usize, mut step: impl FnMut() -> f32) -> f64 {
-    step();
+fn median_ms(device: &Device, warmup: usize, iters: usize, mut step: impl FnMut() -> f32) -> f64 {
+    for _ in 0..warmup {
+        step();
+    }
     device.sync().expect("device sync");
     let mut times: Vec<f64> = (0..iters)
         .map(|_| {
@@ -78,12 +84,21 @@ fn first<const D: usize>(t: Tensor<D>) -> Tensor<1> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let base = gralora::device::select(&args.device)?;
+    if args.device == "wgpu" {
+        // Which adapter the numbers come from (burn takes the first of the best kind: a discrete GPU first).
+        for a in gralora::device::wgpu_adapters() {
+            eprintln!(
+                "wgpu adapter: {} ({:?}, {:?}, driver {} {})",
+                a.name, a.device_type, a.backend, a.driver, a.driver_info
+            );
+        }
+    }
     let device = base.autodiff();
     let t = args.tokens;
     if !args.json {
         println!(
-            "device: {}  tokens: {t}  iters: {} (median)",
-            args.device, args.iters
+            "device: {}  tokens: {t}  iters: {} (median) after {} warm-up",
+            args.device, args.iters, args.warmup
         );
         println!(
             "{:>5} {:>5} {:>4} {:>2} | {:>9} {:>11} {:>9} {:>10} | {:>10} {:>14}",
@@ -116,7 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let la = rand([d, r]).require_grad();
                 let lb = rand([r, d]).require_grad();
                 let lora = LoraAdapter::from_tensors(la.clone(), lb.clone(), s);
-                let lora_ms = median_ms(&device, args.iters, || {
+                let lora_ms = median_ms(&device, args.warmup, args.iters, || {
                     let y = lora.forward(x.clone());
                     let g = y.sum().backward();
                     touch(&[
@@ -131,7 +146,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let gb = Tensor::<3>::random([k, r, ob], Distribution::Uniform(-0.1, 0.1), &device)
                     .require_grad();
                 let gralora = |fused: bool| {
-                    median_ms(&device, args.iters, || {
+                    median_ms(&device, args.warmup, args.iters, || {
                         let y = if fused {
                             gralora_blocks(x.clone(), ga.clone(), gb.clone(), s)
                         } else {
@@ -155,7 +170,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     bias: None,
                 }
                 .apply_lora(Lora::new(r, s * r as f64));
-                let dense_ms = median_ms(&device, args.iters, || {
+                let dense_ms = median_ms(&device, args.warmup, args.iters, || {
                     let y = linear.forward(x.clone());
                     let g = y.sum().backward();
                     let adapter = linear.weight.adapter().expect("burn attached its LoRA");

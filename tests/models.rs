@@ -617,6 +617,23 @@ fn minilm_matches_sentence_transformers() {
         let input = BertInput::from_encoded(&encoded, 0, &device);
         let emb = host(bert.embed(&input));
         let d = 384;
+        // Padded further, to a length multiple (as GPU batches are): the same embeddings.
+        let longer = BertInput::from_encoded_to(&encoded, 0, 32, &device);
+        assert_eq!(longer.ids.dims()[1] % 32, 0);
+        assert!(
+            longer.ids.dims()[1] > input.ids.dims()[1],
+            "the test pads further"
+        );
+        let padded = host(bert.embed(&longer));
+        let worst = emb
+            .iter()
+            .zip(&padded)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "{name}: extra padding moved an embedding by {worst}"
+        );
         for (i, r) in reference["embeddings"]
             .as_array()
             .unwrap()

@@ -191,12 +191,25 @@ pub struct BertInput {
 impl BertInput {
     /// Pad encoded texts (with id `pad`) into one batch on `device`.
     pub fn from_encoded(encoded: &[crate::Encoded], pad: u32, device: &Device) -> Self {
+        Self::from_encoded_to(encoded, pad, 1, device)
+    }
+
+    /// As [`BertInput::from_encoded`], with the padded length rounded up to a multiple of
+    /// `multiple` (never past the longest text when that is already a multiple). Masked padding
+    /// changes no output, and on a GPU fewer distinct lengths mean fewer kernels compiled and tuned.
+    pub fn from_encoded_to(
+        encoded: &[crate::Encoded],
+        pad: u32,
+        multiple: usize,
+        device: &Device,
+    ) -> Self {
         let len = encoded
             .iter()
             .map(|e| e.ids.len())
             .max()
             .unwrap_or(0)
-            .max(1);
+            .max(1)
+            .next_multiple_of(multiple.max(1));
         let n = encoded.len();
         let mut ids = vec![pad as i64; n * len];
         let mut types = vec![0i64; n * len];

@@ -872,9 +872,7 @@ pub fn train(
         None => {}
     }
     let train_examples = prepared.train.len();
-    let batching = ClassBatching {
-        pad: prepared.tokenizer_pad,
-    };
+    let batching = ClassBatching::for_device(prepared.tokenizer_pad, clf.bert.max_len, &device);
     let train_loader = EpochLoader::new(
         prepared.train,
         config.batch_size,
