@@ -823,11 +823,14 @@ fn bench_step(args: BenchStepArgs) -> Result<(), Error> {
     let results = gralora_train::train::bench_steps(
         bert,
         &configs,
-        args.batch_size,
-        args.seq_len,
-        args.warmup,
-        args.iters.max(1),
+        gralora_train::train::BenchPlan {
+            batch: args.batch_size,
+            seq_len: args.seq_len,
+            warmup: args.warmup,
+            iters: args.iters.max(1),
+        },
         &device,
+        &mut |line| eprintln!("{line}"),
     )?;
     let mut first_ms = None;
     for ((method, config), r) in methods.into_iter().zip(&configs).zip(results) {

@@ -1347,6 +1347,20 @@ pub struct StepBench {
     pub steps_ms: Vec<f64>,
 }
 
+/// What [`bench_steps`] times: `batch` examples of `seq_len` random tokens per step, `warmup`
+/// untimed steps per method, then `iters` timed rounds.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchPlan {
+    /// Examples per step.
+    pub batch: usize,
+    /// Tokens per example.
+    pub seq_len: usize,
+    /// Untimed steps per method.
+    pub warmup: usize,
+    /// Timed rounds (one step of each method per round).
+    pub iters: usize,
+}
+
 /// Time whole training steps of several methods in one run: each method gets its model,
 /// optimiser and `warmup` untimed steps first, then the timed steps go round-robin (one step
 /// of each method per round), so a slow spell of a shared machine hits every method alike and
@@ -1356,12 +1370,16 @@ pub struct StepBench {
 pub fn bench_steps(
     bert: Bert,
     configs: &[TrainConfig],
-    batch: usize,
-    seq_len: usize,
-    warmup: usize,
-    iters: usize,
+    plan: BenchPlan,
     device: &Device,
+    report: Report<'_>,
 ) -> Result<Vec<StepBench>> {
+    let BenchPlan {
+        batch,
+        seq_len,
+        warmup,
+        iters,
+    } = plan;
     use burn::optim::GradientsParams;
     use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
     use rand::{Rng, SeedableRng};
@@ -1435,8 +1453,14 @@ pub fn bench_steps(
             peak: None,
             times: Vec::new(),
         };
-        for _ in 0..warmup {
-            runner.step(&refs, &ad);
+        for i in 0..warmup {
+            // On a GPU the first steps compile and tune kernels: say how long they take.
+            let ms = runner.step(&refs, &ad);
+            report(&format!(
+                "{}: warm-up step {}/{warmup}: {ms:.0} ms",
+                config.method.name(),
+                i + 1
+            ));
         }
         runner.peak = peak_rss_mib();
         runners.push(runner);
