@@ -10,6 +10,10 @@
 # Each step has its own time limit, so one that hangs does not cost the rest; everything lands in
 # OUT_DIR as it is produced.
 set -u
+if [ $# -ne 3 ]; then
+    echo "usage: scripts/gpu_bench.sh BIN_DIR MINILM_DIR OUT_DIR (see the comment at the top)" >&2
+    exit 2
+fi
 bin=$1 minilm=$2 out=$3
 mkdir -p "$out"
 export GRALORA_BLAS=off XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}

@@ -286,21 +286,9 @@ mod tests {
         let b = batching(512).batch(&refs, &device);
         assert_eq!(b.input.ids.dims(), [5, 16]);
         assert_eq!(b.tokens, 1 + 2 + 3 + 4 + 5, "padding is not counted");
-        let mask = b
-            .input
-            .mask
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let mask: Vec<f32> = values(b.input.mask.into_data());
         assert_eq!(mask.iter().sum::<f32>(), 15.0, "padding is masked");
-        let ids = b
-            .input
-            .ids
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .unwrap();
+        let ids: Vec<i64> = values(b.input.ids.into_data());
         assert_eq!(
             &ids[..16],
             &[101, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7]
@@ -310,6 +298,10 @@ mod tests {
     }
 
     fn labels(b: ClassBatch) -> Vec<i64> {
-        b.labels.into_data().convert::<i64>().try_to_vec().unwrap()
+        values(b.labels.into_data())
+    }
+
+    fn values<T: burn::tensor::Element>(data: TensorData) -> Vec<T> {
+        data.convert::<T>().try_to_vec().unwrap()
     }
 }
