@@ -83,6 +83,12 @@ fn first<const D: usize>(t: Tensor<D>) -> Tensor<1> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    // The CPU products use OpenBLAS when GRALORA_BLAS names the library (as `gralora` does).
+    if let Some(path) = std::env::var_os("GRALORA_BLAS").filter(|v| v != "off") {
+        let blas = gralora::blas::CpuBlas::open(&path)?;
+        eprintln!("CPU GEMM: {}", blas.describe());
+        gralora::blas::set(Some(blas));
+    }
     let base = gralora::device::select(&args.device)?;
     if args.device == "wgpu" {
         // Which adapter the numbers come from (burn takes the first of the best kind: a discrete GPU first).

@@ -2,13 +2,14 @@
 //
 //   out[g, m, n] = alpha * Σ_kk L(g, m, kk) · R(g, kk, n)
 //
-// Every operand is read or written through `offset = g·batch + axis(row) + axis(col)` where an
+// Every operand is read or written through `offset = axis(g) + axis(row) + axis(col)` where an
 // axis is either plain (`i · lo`) or split (`(i / split) · hi + (i % split) · lo`). The split form
 // lets GraLoRA's regrouped intermediate be read in place: no `[k, T, r]` copy is ever made.
 //
 // This file is a template filled by `crates/gralora/src/backends/cube.rs`:
-// - the split factors are baked in (the lhs/rhs/out offset placeholders become expressions of the
-//   indices `gm`, `gk`, `gn`),
+// - the row and column split factors are baked in (the lhs/rhs/out offset placeholders become
+//   expressions of the indices `gm`, `gk`, `gn`); the batch offset is computed once per workgroup
+//   from `info` (a plain batch has split u32::MAX), e.g. attention's (sequence, head) pairs,
 //   strides, sizes and alpha come through `info`, so one compiled kernel serves every batch size;
 // - the tile shape (WX×WY threads, TM×TN outputs each, TM and TN multiples of 4) is chosen per call
 //   so that a small rank (N or M = 16) does not leave most of a square tile idle;
@@ -27,9 +28,9 @@
 @group(0) @binding(1) var<storage, read_write> rhs: array<{{ elem }}>;
 @group(0) @binding(2) var<storage, read_write> out: array<{{ elem }}>;
 // [M, N, K, alpha bits,
-//  lhs: batch, row_hi, row_lo, col_hi, col_lo,
-//  rhs: batch, row_hi, row_lo, col_hi, col_lo,
-//  out: batch, row_hi, row_lo, col_hi, col_lo]
+//  lhs: batch_split, batch_hi, batch_lo, row_hi, row_lo, col_hi, col_lo,
+//  rhs: batch_split, batch_hi, batch_lo, row_hi, row_lo, col_hi, col_lo,
+//  out: batch_split, batch_hi, batch_lo, row_hi, row_lo, col_hi, col_lo]
 @group(0) @binding(3) var<storage, read_write> info: array<u32>;
 
 const WX: u32 = {{ wx }}u;
@@ -54,22 +55,22 @@ fn main(
     let n_len = info[1];
     let k_len = info[2];
     let alpha = bitcast<f32>(info[3]);
-    let l_row_hi = info[5];
-    let l_row_lo = info[6];
-    let l_col_hi = info[7];
-    let l_col_lo = info[8];
-    let r_row_hi = info[10];
-    let r_row_lo = info[11];
-    let r_col_hi = info[12];
-    let r_col_lo = info[13];
-    let o_row_hi = info[15];
-    let o_row_lo = info[16];
-    let o_col_hi = info[17];
-    let o_col_lo = info[18];
+    let l_row_hi = info[7];
+    let l_row_lo = info[8];
+    let l_col_hi = info[9];
+    let l_col_lo = info[10];
+    let r_row_hi = info[14];
+    let r_row_lo = info[15];
+    let r_col_hi = info[16];
+    let r_col_lo = info[17];
+    let o_row_hi = info[21];
+    let o_row_lo = info[22];
+    let o_col_hi = info[23];
+    let o_col_lo = info[24];
     let g = wid.z;
-    let lhs_base = g * info[4];
-    let rhs_base = g * info[9];
-    let out_base = g * info[14];
+    let lhs_base = (g / info[4]) * info[5] + (g % info[4]) * info[6];
+    let rhs_base = (g / info[11]) * info[12] + (g % info[11]) * info[13];
+    let out_base = (g / info[18]) * info[19] + (g % info[18]) * info[20];
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
     let a_off = lid.y * (TM / 4u);

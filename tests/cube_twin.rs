@@ -24,6 +24,13 @@ fn cube_twin_forward_and_gradients_equal_the_composite_reference() {
         ] {
             assert_branch_matches_composite(&format!("{name} (cube twin)"), device, shape);
         }
+        for (i, spec) in map_kind_specs().iter().enumerate() {
+            assert_block_matmul_matches_definition(
+                &format!("{name} (cube twin) spec {i}"),
+                device,
+                spec,
+            );
+        }
     }
     if !gpu_devices.is_empty() {
         // 2 forward + 4 backward launches a shape.

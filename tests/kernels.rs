@@ -9,72 +9,14 @@ use burn::nn::Linear;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 use common::*;
-use gralora::ops::{Axis, BlockMatmul, Operand, gralora_blocks};
+use gralora::ops::gralora_blocks;
 use gralora::{AdaptedLinear, Adapter, GraLoraConfig, Init};
 
 #[test]
 fn block_matmul_matches_its_definition_on_every_map_kind() {
-    // GraLoRA's regrouped read (split lhs columns), a transposed split read, a split write.
-    let (g, m, n, k) = (3, 10, 7, 12);
-    let specs = [
-        BlockMatmul {
-            g,
-            m,
-            n,
-            k,
-            alpha: 0.5,
-            lhs: Operand::contiguous(m, k),
-            rhs: Operand::contiguous(k, n),
-            out: Operand::contiguous(m, n),
-            out_shape: vec![g, m, n],
-            lhs_shape: vec![g, m, k],
-            rhs_shape: vec![g, k, n],
-        },
-        BlockMatmul {
-            g,
-            m,
-            n,
-            k,
-            alpha: 2.0,
-            // lhs column c = (c / 4, c % 4) over a [3 blocks][m][g·4] buffer
-            lhs: Operand {
-                batch: 4,
-                row: Axis::plain(g * 4),
-                col: Axis::split(4, m * g * 4, 1),
-            },
-            rhs: Operand::contiguous(k, n).transposed(),
-            out: Operand {
-                batch: n,
-                row: Axis::plain(g * n),
-                col: Axis::plain(1),
-            },
-            out_shape: vec![m, g * n],
-            lhs_shape: vec![3, m, g * 4],
-            rhs_shape: vec![g, k, n],
-        },
-    ];
     for (name, device) in devices() {
-        for (i, spec) in specs.iter().enumerate() {
-            let mut rng = Rng::new(i as u64);
-            let lhs = rng.vec(spec.lhs_shape.iter().product());
-            let rhs = rng.vec(spec.rhs_shape.iter().product());
-            let want = spec.reference(&lhs, &rhs);
-            let l: Tensor<3> = tensor(
-                &lhs,
-                [spec.lhs_shape[0], spec.lhs_shape[1], spec.lhs_shape[2]],
-                &device,
-            );
-            let r: Tensor<3> = tensor(&rhs, [g, k, n], &device);
-            let got = if spec.out_shape.len() == 3 {
-                host(gralora::ops::block_matmul::<3, 3, 3>(l, r, spec.clone()))
-            } else {
-                host(gralora::ops::block_matmul::<3, 3, 2>(l, r, spec.clone()))
-            };
-            assert!(
-                rel(&got, &want) < 1e-5,
-                "{name} spec {i}: {}",
-                rel(&got, &want)
-            );
+        for (i, spec) in map_kind_specs().iter().enumerate() {
+            assert_block_matmul_matches_definition(&format!("{name} spec {i}"), &device, spec);
         }
     }
 }
@@ -294,6 +236,90 @@ fn dense_products_and_their_gradients_equal_loops() {
                 dr = (0..k * n).map(|q| dr[(q % n) * k + q / n]).collect();
             }
             assert!(rel(&dr, &want[3]) < 1e-5, "{what}: ∂R");
+        }
+    }
+}
+
+#[test]
+fn head_products_and_their_gradients_equal_loops() {
+    // Attention's two products from the [B, T, D] projections (the CPU backend: block matmuls
+    // with (sequence, head) batch indices; elsewhere burn's reshape/swap/matmul), forward and
+    // every gradient against f64 loops.
+    let (b, h, tq, tk, dh) = (2, 3, 5, 7, 4);
+    let d = h * dh;
+    let mut rng = Rng::new(31);
+    let (q, k, v) = (
+        rng.vec(b * tq * d),
+        rng.vec(b * tk * d),
+        rng.vec(b * tk * d),
+    );
+    let p = rng.vec(b * h * tq * tk);
+    let (c1, c2) = (rng.vec(b * h * tq * tk), rng.vec(b * tq * d));
+    let qi = |s: usize, i: usize, e: usize| (s * tq + i) * d + e;
+    let ki = |s: usize, j: usize, e: usize| (s * tk + j) * d + e;
+    let si = |s: usize, hh: usize, i: usize, j: usize| ((s * h + hh) * tq + i) * tk + j;
+    let mut want = [
+        vec![0.0f64; b * h * tq * tk], // scores
+        vec![0.0f64; b * tq * d],      // ∂q
+        vec![0.0f64; b * tk * d],      // ∂k
+        vec![0.0f64; b * tq * d],      // ctx
+        vec![0.0f64; b * h * tq * tk], // ∂probs
+        vec![0.0f64; b * tk * d],      // ∂v
+    ];
+    for s in 0..b {
+        for hh in 0..h {
+            for i in 0..tq {
+                for j in 0..tk {
+                    for c in 0..dh {
+                        let e = hh * dh + c;
+                        let (qv, kv, vv) = (
+                            q[qi(s, i, e)] as f64,
+                            k[ki(s, j, e)] as f64,
+                            v[ki(s, j, e)] as f64,
+                        );
+                        let (g1, pv, g2) = (
+                            c1[si(s, hh, i, j)] as f64,
+                            p[si(s, hh, i, j)] as f64,
+                            c2[qi(s, i, e)] as f64,
+                        );
+                        want[0][si(s, hh, i, j)] += qv * kv;
+                        want[1][qi(s, i, e)] += g1 * kv;
+                        want[2][ki(s, j, e)] += g1 * qv;
+                        want[3][qi(s, i, e)] += pv * vv;
+                        want[4][si(s, hh, i, j)] += g2 * vv;
+                        want[5][ki(s, j, e)] += pv * g2;
+                    }
+                }
+            }
+        }
+    }
+    for (name, device) in devices() {
+        let ad = device.clone().autodiff();
+        let qt: Tensor<3> = tensor(&q, [b, tq, d], &ad).require_grad();
+        let kt: Tensor<3> = tensor(&k, [b, tk, d], &ad).require_grad();
+        let vt: Tensor<3> = tensor(&v, [b, tk, d], &ad).require_grad();
+        let pt: Tensor<4> = tensor(&p, [b, h, tq, tk], &ad).require_grad();
+        let scores = gralora::ops::head_scores(qt.clone(), kt.clone(), h);
+        let ctx = gralora::ops::head_context(pt.clone(), vt.clone());
+        assert_eq!(scores.dims(), [b, h, tq, tk], "{name}");
+        assert_eq!(ctx.dims(), [b, tq, d], "{name}");
+        let loss = (scores.clone() * tensor(&c1, [b, h, tq, tk], &ad)).sum()
+            + (ctx.clone() * tensor(&c2, [b, tq, d], &ad)).sum();
+        let grads = loss.backward();
+        let got = [
+            host(scores),
+            host(qt.grad(&grads).unwrap()),
+            host(kt.grad(&grads).unwrap()),
+            host(ctx),
+            host(pt.grad(&grads).unwrap()),
+            host(vt.grad(&grads).unwrap()),
+        ];
+        for (what, (got, want)) in ["scores", "∂q", "∂k", "ctx", "∂probs", "∂v"]
+            .iter()
+            .zip(got.iter().zip(&want))
+        {
+            let e = max_rel_err(got, want);
+            assert!(e < 1e-5, "{name} {what}: {e}");
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use gralora::GraLoraAdapter;
-use gralora::ops::gralora_blocks;
+use gralora::ops::{Axis, BlockMatmul, Operand, gralora_blocks};
 
 /// Flex always; wgpu when an adapter exists. Without one the wgpu half is reported as skipped,
 /// unless `GRALORA_REQUIRE_WGPU=1`, where a missing adapter fails the test.
@@ -235,4 +235,94 @@ impl AsRef<std::ffi::OsStr> for Scratch {
     fn as_ref(&self) -> &std::ffi::OsStr {
         self.0.path().as_os_str()
     }
+}
+
+/// Block matmuls over every kind of operand map: contiguous; GraLoRA's regrouped read (split lhs
+/// columns), a transposed read and a strided write; two-level batch indices on every operand
+/// (attention's (sequence, head) pairs). Every operand is 3-D, the output 3-D or 2-D.
+pub fn map_kind_specs() -> Vec<BlockMatmul> {
+    let (g, m, n, k) = (3, 10, 7, 12);
+    vec![
+        BlockMatmul {
+            g,
+            m,
+            n,
+            k,
+            alpha: 0.5,
+            lhs: Operand::contiguous(m, k),
+            rhs: Operand::contiguous(k, n),
+            out: Operand::contiguous(m, n),
+            out_shape: vec![g, m, n],
+            lhs_shape: vec![g, m, k],
+            rhs_shape: vec![g, k, n],
+        },
+        BlockMatmul {
+            g,
+            m,
+            n,
+            k,
+            alpha: 2.0,
+            // lhs column c = (c / 4, c % 4) over a [3 blocks][m][g·4] buffer
+            lhs: Operand {
+                batch: Axis::plain(4),
+                row: Axis::plain(g * 4),
+                col: Axis::split(4, m * g * 4, 1),
+            },
+            rhs: Operand::contiguous(k, n).transposed(),
+            out: Operand {
+                batch: Axis::plain(n),
+                row: Axis::plain(g * n),
+                col: Axis::plain(1),
+            },
+            out_shape: vec![m, g * n],
+            lhs_shape: vec![3, m, g * 4],
+            rhs_shape: vec![g, k, n],
+        },
+        // Two-level batches (attention's (sequence, head) pairs): g = s·3 + h over 2 sequences
+        // of 3 heads; lhs head h of sequence s is [m, 4] at columns 4h.. of a [2, m, 12] buffer,
+        // rhs read transposed the same way from [2, n, 12], out written into [2, m, 3·n].
+        BlockMatmul {
+            g: 6,
+            m,
+            n,
+            k: 4,
+            alpha: 1.5,
+            lhs: Operand {
+                batch: Axis::split(3, m * 12, 4),
+                row: Axis::plain(12),
+                col: Axis::plain(1),
+            },
+            rhs: Operand {
+                batch: Axis::split(3, n * 12, 4),
+                row: Axis::plain(1),
+                col: Axis::plain(12),
+            },
+            out: Operand {
+                batch: Axis::split(3, m * 3 * n, n),
+                row: Axis::plain(3 * n),
+                col: Axis::plain(1),
+            },
+            out_shape: vec![2, m, 3 * n],
+            lhs_shape: vec![2, m, 12],
+            rhs_shape: vec![2, n, 12],
+        },
+    ]
+}
+
+/// `spec` on `device` against its f64 definition ([`BlockMatmul::reference`]).
+pub fn assert_block_matmul_matches_definition(what: &str, device: &Device, spec: &BlockMatmul) {
+    let mut rng = Rng::new(spec.g as u64 + 7 * spec.k as u64);
+    let lhs = rng.vec(spec.lhs_shape.iter().product());
+    let rhs = rng.vec(spec.rhs_shape.iter().product());
+    let want = spec.reference(&lhs, &rhs);
+    let dims3 = |s: &[usize]| [s[0], s[1], s[2]];
+    let l: Tensor<3> = tensor(&lhs, dims3(&spec.lhs_shape), device);
+    let r: Tensor<3> = tensor(&rhs, dims3(&spec.rhs_shape), device);
+    let got = if spec.out_shape.len() == 3 {
+        host(gralora::ops::block_matmul::<3, 3, 3>(l, r, spec.clone()))
+    } else {
+        host(gralora::ops::block_matmul::<3, 3, 2>(l, r, spec.clone()))
+    };
+    let e = rel(&got, &want);
+    assert!(e < 1e-5, "{what}: rel err {e}");
 }

@@ -135,16 +135,15 @@ pub struct BertLayer {
 
 impl BertLayer {
     fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
-        let [b, t, d] = x.dims();
+        let d = x.dims()[2];
         let (h, dh) = (self.n_heads, d / self.n_heads);
-        let heads = |y: Tensor<3>| y.reshape([b, t, h, dh]).swap_dims(1, 2);
-        let q = heads(self.query.forward(x.clone()));
-        let k = heads(self.key.forward(x.clone()));
-        let v = heads(self.value.forward(x.clone()));
-        let scores = q.matmul(k.swap_dims(2, 3));
+        let q = self.query.forward(x.clone());
+        let k = self.key.forward(x.clone());
+        let v = self.value.forward(x.clone());
+        let scores = gralora::ops::head_scores(q, k, h);
         let probs = crate::softmax::scaled_softmax(scores, bias, 1.0 / (dh as f32).sqrt());
         let probs = crate::dropout::apply(&self.attn_dropout, probs);
-        let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        let ctx = gralora::ops::head_context(probs, v);
         let a = crate::dropout::apply(&self.dropout, self.attn_out.forward(ctx));
         let x = self.attn_norm.forward(a + x);
         let inner = self.intermediate.forward(x.clone());

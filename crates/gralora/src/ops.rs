@@ -1,7 +1,7 @@
 //! `block_matmul`: the one custom op behind GraLoRA's forward and backward (docs/METHODS.md §2).
 //!
 //! `out[g, m, n] = alpha · Σ_kk L(g, m, kk) · R(g, kk, n)` where every operand is addressed through
-//! `offset = g · batch + row(i) + col(j)` and an axis is plain (`i · lo`) or split
+//! `offset = batch(g) + row(i) + col(j)` and an axis is plain (`i · lo`) or split
 //! (`(i / split) · hi + (i % split) · lo`). The split form reads GraLoRA's regrouped intermediate
 //! in place, so neither the forward nor the backward ever materialises the regroup copy, and the
 //! gradient of a block matmul is again a block matmul (the operand maps transposed).
@@ -63,8 +63,9 @@ impl Axis {
 /// How an operand's `(g, row, col)` maps to a buffer offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Operand {
-    /// Stride of the batch index g.
-    pub batch: usize,
+    /// The batch index g: plain (`g · stride`), or split in two levels, e.g. attention's
+    /// `(sequence, head)` pairs read in place from a `[B, T, heads · d]` buffer.
+    pub batch: Axis,
     /// The row axis.
     pub row: Axis,
     /// The column axis.
@@ -75,7 +76,7 @@ impl Operand {
     /// A contiguous batch of `[rows, cols]` matrices.
     pub const fn contiguous(rows: usize, cols: usize) -> Self {
         Self {
-            batch: rows * cols,
+            batch: Axis::plain(rows * cols),
             row: Axis::plain(cols),
             col: Axis::plain(1),
         }
@@ -93,7 +94,7 @@ impl Operand {
     /// The offset of `(g, i, j)`.
     #[inline]
     pub fn offset(&self, g: usize, i: usize, j: usize) -> usize {
-        g * self.batch + self.row.offset(i) + self.col.offset(j)
+        self.batch.offset(g) + self.row.offset(i) + self.col.offset(j)
     }
 }
 
@@ -352,6 +353,101 @@ pub fn linear(x: Tensor<2>, layer: &burn::nn::Linear) -> Tensor<2> {
     matmul_acc(bias, x, w, 1.0)
 }
 
+/// Attention scores per head: `scores[b, h, i, j] = Σ_c q[b, i, h·dh + c] · k[b, j, h·dh + c]`
+/// (`dh = D / heads`), read from the projections' `[B, T, D]` layout in place.
+///
+/// On the CPU backend this is one block matmul whose batch index is the two-level
+/// `(sequence, head)` pair: no `[B, heads, T, dh]` copies in the forward or the backward, and the
+/// products run on the same GEMM as the layers (OpenBLAS when loaded). Elsewhere it is burn's
+/// reshape, swap and batched matmul (GPUs keep their tuned matmul).
+///
+/// # Shapes
+/// - q: `[B, Tq, D]`, k: `[B, Tk, D]`
+/// - output: `[B, heads, Tq, Tk]`
+pub fn head_scores(q: Tensor<3>, k: Tensor<3>, heads: usize) -> Tensor<4> {
+    let ([b, tq, d], [b2, tk, d2]) = (q.dims(), k.dims());
+    assert!(
+        b == b2 && d == d2 && heads > 0 && d % heads == 0,
+        "head_scores: q {:?} and k {:?} must be [B, T, D] with D divisible by {heads} heads",
+        q.dims(),
+        k.dims()
+    );
+    let dh = d / heads;
+    if !on_flex(&q.device()) {
+        let split = |y: Tensor<3>, t| y.reshape([b, t, heads, dh]).swap_dims(1, 2);
+        return split(q, tq).matmul(split(k, tk).swap_dims(2, 3));
+    }
+    let spec = BlockMatmul {
+        g: b * heads,
+        m: tq,
+        n: tk,
+        k: dh,
+        alpha: 1.0,
+        lhs: head_major(heads, tq, d, dh),
+        rhs: head_major(heads, tk, d, dh).transposed(),
+        out: Operand::contiguous(tq, tk),
+        out_shape: vec![b, heads, tq, tk],
+        lhs_shape: vec![b, tq, d],
+        rhs_shape: vec![b, tk, d],
+    };
+    block_matmul(q, k, spec)
+}
+
+/// Attention's context per head, written back in the `[B, T, D]` layout:
+/// `ctx[b, i, h·dh + c] = Σ_j probs[b, h, i, j] · v[b, j, h·dh + c]`. Like [`head_scores`], one
+/// block matmul on the CPU backend (no head-split copies of `v` or of the context), burn's ops
+/// elsewhere.
+///
+/// # Shapes
+/// - probs: `[B, heads, Tq, Tk]`, v: `[B, Tk, D]`
+/// - output: `[B, Tq, D]`
+pub fn head_context(probs: Tensor<4>, v: Tensor<3>) -> Tensor<3> {
+    let ([b, heads, tq, tk], [b2, tk2, d]) = (probs.dims(), v.dims());
+    assert!(
+        b == b2 && tk == tk2 && heads > 0 && d % heads == 0,
+        "head_context: probs {:?} must be [B, heads, Tq, Tk] and v {:?} [B, Tk, D] with D divisible by heads",
+        probs.dims(),
+        v.dims()
+    );
+    let dh = d / heads;
+    if !on_flex(&v.device()) {
+        let vh = v.reshape([b, tk, heads, dh]).swap_dims(1, 2);
+        return probs.matmul(vh).swap_dims(1, 2).reshape([b, tq, d]);
+    }
+    let spec = BlockMatmul {
+        g: b * heads,
+        m: tq,
+        n: dh,
+        k: tk,
+        alpha: 1.0,
+        lhs: Operand::contiguous(tq, tk),
+        rhs: head_major(heads, tk, d, dh),
+        out: head_major(heads, tq, d, dh),
+        out_shape: vec![b, tq, d],
+        lhs_shape: vec![b, heads, tq, tk],
+        rhs_shape: vec![b, tk, d],
+    };
+    block_matmul(probs, v, spec)
+}
+
+/// Head `h` of sequence `s` (batch index `g = s · heads + h`) of a `[B, T, D]` buffer as a
+/// `[T, dh]` matrix.
+fn head_major(heads: usize, t: usize, d: usize, dh: usize) -> Operand {
+    Operand {
+        batch: Axis::split(heads, t * d, dh),
+        row: Axis::plain(d),
+        col: Axis::plain(1),
+    }
+}
+
+/// Whether `device` is the CPU backend (under autodiff or not).
+fn on_flex(device: &burn::tensor::Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
+}
+
 /// GraLoRA's block branch `s · regroup(x_blocks · A) · B` as two block matmuls, no regroup copy.
 ///
 /// # Shapes
@@ -388,7 +484,7 @@ fn gralora_first(x: Tensor<2>, a: Tensor<3>) -> (Tensor<3>, BlockMatmul) {
         k: ib,
         alpha: 1.0,
         lhs: Operand {
-            batch: ib,
+            batch: Axis::plain(ib),
             row: Axis::plain(d_in),
             col: Axis::plain(1),
         },
@@ -414,13 +510,13 @@ fn gralora_second_spec(first: &BlockMatmul, ob: usize, scale: f64) -> BlockMatmu
         k: r,
         alpha: scale as f32,
         lhs: Operand {
-            batch: rb,
+            batch: Axis::plain(rb),
             row: Axis::plain(r),
             col: Axis::split(rb, t * r, 1),
         },
         rhs: Operand::contiguous(r, ob),
         out: Operand {
-            batch: ob,
+            batch: Axis::plain(ob),
             row: Axis::plain(k * ob),
             col: Axis::plain(1),
         },

@@ -207,6 +207,10 @@ impl KernelSource for BlockMatmulKernel {
     }
 }
 
+/// Words in the info buffer: M, N, K, alpha, then per operand (lhs, rhs, out) the batch's split,
+/// hi and lo strides and the row's and column's hi and lo strides.
+const INFO_LEN: usize = 4 + 3 * 7;
+
 fn info(spec: &BlockMatmul) -> Vec<u32> {
     let mut info = vec![
         spec.m as u32,
@@ -215,12 +219,22 @@ fn info(spec: &BlockMatmul) -> Vec<u32> {
         spec.alpha.to_bits(),
     ];
     for op in [spec.lhs, spec.rhs, spec.out] {
-        info.push(op.batch as u32);
+        // The batch offset is computed at run time, once per workgroup: a plain batch is a
+        // split one whose blocks never end (`g / u32::MAX = 0` for every g a launch can have).
+        let b = op.batch;
+        info.push(if b.split == 0 {
+            u32::MAX
+        } else {
+            b.split as u32
+        });
+        info.push(b.hi as u32);
+        info.push(b.lo as u32);
         for axis in [op.row, op.col] {
             info.push(axis.hi as u32);
             info.push(axis.lo as u32);
         }
     }
+    debug_assert_eq!(info.len(), INFO_LEN);
     info
 }
 
@@ -276,7 +290,7 @@ fn launch_twin(
                     BufferArg::from_raw_parts(lhs.handle.clone(), numel(lhs)),
                     BufferArg::from_raw_parts(rhs.handle.clone(), numel(rhs)),
                     BufferArg::from_raw_parts(out.handle.clone(), total),
-                    BufferArg::from_raw_parts(info, 19),
+                    BufferArg::from_raw_parts(info, INFO_LEN),
                     BufferArg::from_raw_parts(splits_handle, 6),
                     BufferArg::from_raw_parts(alpha, 1),
                     total as u32,

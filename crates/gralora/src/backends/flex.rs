@@ -145,12 +145,12 @@ fn dense(acc: Option<FlexTensor>, lhs: FlexTensor, rhs: FlexTensor, alpha: f32) 
         k,
         alpha,
         lhs: Operand {
-            batch: 0,
+            batch: Axis::plain(0),
             row: Axis::plain(l_rs as usize),
             col: Axis::plain(l_cs as usize),
         },
         rhs: Operand {
-            batch: 0,
+            batch: Axis::plain(0),
             row: Axis::plain(r_rs as usize),
             col: Axis::plain(r_cs as usize),
         },
