@@ -192,16 +192,22 @@ impl ClassBatching {
     /// each of which compiles and tunes its own kernels (measured on an H200 through Vulkan: the
     /// first steps of SST-2 ran at under 100 tokens/s while new lengths kept arriving).
     pub fn for_device(pad: u32, max_len: usize, device: &Device) -> Self {
-        let on_cpu = matches!(
-            device.clone().inner().as_dispatch(),
-            burn::backend::DispatchDevice::Flex(_)
-        );
         Self {
             pad,
-            multiple: if on_cpu { 1 } else { GPU_LEN_MULTIPLE },
+            multiple: len_multiple(device),
             max_len,
         }
     }
+}
+
+/// The length multiple batches on `device` are padded to: 1 on the CPU, [`GPU_LEN_MULTIPLE`]
+/// elsewhere.
+pub fn len_multiple(device: &Device) -> usize {
+    let on_cpu = matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    );
+    if on_cpu { 1 } else { GPU_LEN_MULTIPLE }
 }
 
 /// The length multiple of GPU batches.

@@ -265,14 +265,23 @@ pub struct LmBatch {
 }
 
 impl LmBatch {
-    /// Pad `items` into a batch.
+    /// Pad `items` into a batch as long as its longest input.
     pub fn new(items: &[&LmItem], device: &Device) -> Self {
-        let t = items
+        Self::padded(items, 1, usize::MAX, device)
+    }
+
+    /// Pad `items` into a batch whose length is the longest input rounded up to a multiple of
+    /// `multiple`, unless that would pass `max_len` (then the longest input's own length).
+    /// Padding is masked and predicts nothing.
+    pub fn padded(items: &[&LmItem], multiple: usize, max_len: usize, device: &Device) -> Self {
+        let longest = items
             .iter()
             .map(|i| i.ids.len() - 1)
             .max()
             .unwrap_or(1)
             .max(1);
+        let rounded = longest.next_multiple_of(multiple.max(1));
+        let t = if rounded <= max_len { rounded } else { longest };
         let b = items.len();
         let mut ids = vec![0i64; b * t];
         let mut mask = vec![0f32; b * t];
@@ -382,9 +391,27 @@ impl InferenceStep for CausalLm {
     }
 }
 
-/// Batches of [`LmItem`]s for [`SeededLoader`].
+/// Batches of [`LmItem`]s for [`SeededLoader`]: padded like the encoder's
+/// ([`crate::classify::ClassBatching::for_device`]): to the longest input on the CPU, to a
+/// multiple of [`crate::classify::GPU_LEN_MULTIPLE`] on a GPU (fewer distinct lengths, fewer
+/// kernels to compile), never past the model's context.
 #[derive(Debug, Clone, Copy)]
-pub struct LmBatching;
+pub struct LmBatching {
+    /// Batches are padded to a multiple of this length (1: to their longest input).
+    pub multiple: usize,
+    /// The model's context length: no batch is padded past it.
+    pub max_len: usize,
+}
+
+impl LmBatching {
+    /// The padding rule for `device` and a model of context `max_len`.
+    pub fn for_device(max_len: usize, device: &Device) -> Self {
+        Self {
+            multiple: crate::classify::len_multiple(device),
+            max_len,
+        }
+    }
+}
 
 impl Batching for LmBatching {
     type Item = LmItem;
@@ -393,7 +420,7 @@ impl Batching for LmBatching {
         item.ids.len()
     }
     fn batch(&self, items: &[&LmItem], device: &Device) -> LmBatch {
-        LmBatch::new(items, device)
+        LmBatch::padded(items, self.multiple, self.max_len, device)
     }
 }
 
@@ -576,7 +603,8 @@ pub(crate) fn train_decoder(
         gora_report = Some(r);
     }
     let interrupter = Interrupter::new();
-    let loader = LmLoader::new(items, config.batch_size, Some(config.seed), LmBatching, &ad);
+    let batching = LmBatching::for_device(llama.max_len, &ad);
+    let loader = LmLoader::new(items, config.batch_size, Some(config.seed), batching, &ad);
     let batches_per_epoch = loader.num_batches();
     let resumed_from = run.dir.resume_point(run.resume, batches_per_epoch);
     let done = resumed_from.map_or(0, ResumePoint::epochs_done);
@@ -588,7 +616,7 @@ pub(crate) fn train_decoder(
     report(&format!("trainable parameters: {trainable_params}"));
     let train_examples = loader.items().len();
     let tokens = loader.token_count();
-    let valid = LmLoader::new(val_items, config.batch_size, None, LmBatching, run.device);
+    let valid = LmLoader::new(val_items, config.batch_size, None, batching, run.device);
     let training = SupervisedTraining::new(run.dir.run(), Arc::new(loader), Arc::new(valid))
         .metrics((LossMetric::new(),));
     let fitted = crate::train::fit(
@@ -660,4 +688,49 @@ pub(crate) fn train_decoder(
         metrics,
         model: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(t: Tensor<1, Int>) -> Vec<i64> {
+        t.into_data().convert::<i64>().try_to_vec().unwrap()
+    }
+
+    #[test]
+    fn decoder_batches_pad_to_a_multiple_below_the_context_and_mask_the_padding() {
+        let device = Device::flex();
+        let items = [
+            LmItem {
+                ids: vec![5, 6, 7, 8],
+                answer_start: 2,
+            },
+            LmItem {
+                ids: vec![1, 2, 3, 4, 5, 6, 7],
+                answer_start: 5,
+            },
+        ];
+        let refs: Vec<&LmItem> = items.iter().collect();
+        assert_eq!(LmBatching::for_device(2048, &device).multiple, 1, "CPU");
+
+        let b = LmBatch::padded(&refs, 16, 2048, &device);
+        assert_eq!(b.ids.dims(), [2, 16]);
+        let mask: Vec<f32> = b.mask.into_data().convert::<f32>().try_to_vec().unwrap();
+        assert_eq!(
+            mask.iter().sum::<f32>(),
+            3.0 + 6.0,
+            "only real inputs count"
+        );
+        // Row 0 predicts ids[2..] from positions 1, 2; row 1 ids[5..] from positions 4, 5.
+        assert_eq!(ints(b.positions), [1, 2, 16 + 4, 16 + 5]);
+        assert_eq!(ints(b.targets), [7, 8, 6, 7]);
+        assert_eq!(b.rows, [0, 0, 1, 1]);
+
+        // Past the context, the batch keeps its longest input's length.
+        let b = LmBatch::padded(&refs, 16, 10, &device);
+        assert_eq!(b.ids.dims(), [2, 6]);
+        assert_eq!(ints(b.positions), [1, 2, 6 + 4, 6 + 5]);
+        assert_eq!(LmBatch::new(&refs, &device).ids.dims(), [2, 6]);
+    }
 }
