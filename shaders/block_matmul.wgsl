@@ -21,6 +21,10 @@
 //   accumulators stay in registers instead of a dynamically indexed private array;
 // - the global loads walk whichever axis of an operand is contiguous fastest (coalesced on GPUs).
 // Out-of-range loads read 0 and out-of-range stores are skipped: any M, N, K (T = 1 included) works.
+// Split-K: with `parts` > 1 the reduction is cut into chunks of `k_chunk`; workgroup z = g·parts + part
+// reduces its chunk and writes its partial output `part_stride` elements further on (the host sums the
+// partials). Products with a small output and a long reduction (an adapter's weight gradients) then
+// fill a large GPU instead of a dozen workgroups. With one part this is the plain kernel.
 // All bindings are read_write: cubecl sub-allocates tensors from shared buffers, and wgpu refuses one
 // buffer bound both read-only and writable in a dispatch.
 {{ enable_f16 }}
@@ -30,7 +34,8 @@
 // [M, N, K, alpha bits,
 //  lhs: batch_split, batch_hi, batch_lo, row_hi, row_lo, col_hi, col_lo,
 //  rhs: batch_split, batch_hi, batch_lo, row_hi, row_lo, col_hi, col_lo,
-//  out: batch_split, batch_hi, batch_lo, row_hi, row_lo, col_hi, col_lo]
+//  out: batch_split, batch_hi, batch_lo, row_hi, row_lo, col_hi, col_lo,
+//  parts, k_chunk, part_stride]
 @group(0) @binding(3) var<storage, read_write> info: array<u32>;
 
 const WX: u32 = {{ wx }}u;
@@ -67,24 +72,28 @@ fn main(
     let o_row_lo = info[22];
     let o_col_hi = info[23];
     let o_col_lo = info[24];
-    let g = wid.z;
+    let parts = info[25];
+    let g = wid.z / parts;
+    let part = wid.z % parts;
+    let k_begin = part * info[26];
+    let k_end = min(k_begin + info[26], k_len);
     let lhs_base = (g / info[4]) * info[5] + (g % info[4]) * info[6];
     let rhs_base = (g / info[11]) * info[12] + (g % info[11]) * info[13];
-    let out_base = (g / info[18]) * info[19] + (g % info[18]) * info[20];
+    let out_base = (g / info[18]) * info[19] + (g % info[18]) * info[20] + part * info[27];
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
     let a_off = lid.y * (TM / 4u);
     let b_off = lid.x * (TN / 4u);
 
 {{ acc_decl }}
-    for (var k0 = 0u; k0 < k_len; k0 += BK) {
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         for (var s = 0u; s < BK * BM / THREADS; s++) {
             let e = lidx + THREADS * s;
 {{ a_index }}
             let gm = row0 + am;
             let gk = k0 + ak;
             var v = 0.0;
-            if (gm < m_len && gk < k_len) {
+            if (gm < m_len && gk < k_end) {
                 v = f32(lhs[lhs_base + {{ lhs_row }} + {{ lhs_col }}]);
             }
             a_tile[ak * (BM / 4u) + am / 4u][am % 4u] = v;
@@ -95,7 +104,7 @@ fn main(
             let gn = col0 + bn;
             let gk = k0 + bk;
             var v = 0.0;
-            if (gn < n_len && gk < k_len) {
+            if (gn < n_len && gk < k_end) {
                 v = f32(rhs[rhs_base + {{ rhs_row }} + {{ rhs_col }}]);
             }
             b_tile[bk * (BN / 4u) + bn / 4u][bn % 4u] = v;

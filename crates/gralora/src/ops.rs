@@ -532,6 +532,13 @@ pub fn cube_twin_launches() -> usize {
     crate::backends::cube::TWIN_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// How many WGSL launches so far cut their reduction into parts summed afterwards (split-K:
+/// on a real GPU for small outputs with long reductions, or as `GRALORA_SPLIT_K=n` forces).
+/// For diagnostics and tests.
+pub fn split_k_launches() -> usize {
+    crate::backends::cube::SPLIT_K_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A contiguous f32 Flex tensor that owns `values` as its buffer, for the CPU kernels of this
 /// crate and its users. (`FlexTensor::zeros` zeroes a byte buffer and then copies it into an
 /// aligned one: two extra passes on one thread, a tenth of a CPU training step when every

@@ -1,6 +1,7 @@
 //! CubeCL runtimes: the hand-written WGSL kernel (`shaders/block_matmul.wgsl`) where the runtime
 //! compiles WGSL (wgpu on Vulkan, Metal, DX12), its `#[cube]` twin (`cube_twin.rs`) elsewhere.
 
+use burn::backend::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim, KernelId};
@@ -208,9 +209,11 @@ impl KernelSource for BlockMatmulKernel {
 }
 
 /// Words in the info buffer: M, N, K, alpha, then per operand (lhs, rhs, out) the batch's split,
-/// hi and lo strides and the row's and column's hi and lo strides.
-const INFO_LEN: usize = 4 + 3 * 7;
+/// hi and lo strides and the row's and column's hi and lo strides, then the split-K plan (parts,
+/// chunk length, distance between partial outputs).
+const INFO_LEN: usize = 4 + 3 * 7 + 3;
 
+/// The info words of `spec`, run as one part.
 fn info(spec: &BlockMatmul) -> Vec<u32> {
     let mut info = vec![
         spec.m as u32,
@@ -234,9 +237,57 @@ fn info(spec: &BlockMatmul) -> Vec<u32> {
             info.push(axis.lo as u32);
         }
     }
+    info.extend([1, spec.k as u32, 0]);
     debug_assert_eq!(info.len(), INFO_LEN);
     info
 }
+
+/// Workgroups a GPU launch should have at least: a few per compute unit of a large GPU (an H200
+/// has 132).
+const TARGET_WORKGROUPS: usize = 256;
+/// The shortest reduction a split-K part gets (16 workgroup-memory rounds).
+const MIN_K_CHUNK: usize = 256;
+
+/// How many parts the reduction of `spec` is cut into on a real GPU with `tile`: more than one
+/// only when the output alone gives too few workgroups and the reduction is long (GraLoRA's and
+/// LoRA's weight gradients: outputs of `in/k × r`, reductions over all T tokens). A software
+/// device (a few CPU threads) and f16 (whose partial sums would round) take one.
+/// `GRALORA_SPLIT_K=n` forces n parts (tests run split-K on lavapipe that way).
+fn split_k_parts(spec: &BlockMatmul, tile: Tile, software: bool, f16: bool) -> usize {
+    // At least one BK round a part, and workgroup z (= g · parts) within WebGPU's 65535.
+    let most = spec
+        .k
+        .div_ceil(BK as usize)
+        .min(65535 / spec.g.max(1))
+        .max(1);
+    if let Some(n) = std::env::var("GRALORA_SPLIT_K")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n.clamp(1, most);
+    }
+    if software || f16 {
+        return 1;
+    }
+    let workgroups =
+        spec.g * spec.m.div_ceil(tile.bm() as usize) * spec.n.div_ceil(tile.bn() as usize);
+    if workgroups >= TARGET_WORKGROUPS || spec.k < 2 * MIN_K_CHUNK {
+        return 1;
+    }
+    // The partial outputs' offsets stay 32-bit.
+    let len = spec.g * spec.m * spec.n;
+    TARGET_WORKGROUPS
+        .div_ceil(workgroups)
+        .min(spec.k / MIN_K_CHUNK)
+        .min(64)
+        .min((u32::MAX as usize - 1) / len.max(1))
+        .min(most)
+        .max(1)
+}
+
+/// Launches that cut their reduction into parts (split-K) so far.
+pub(crate) static SPLIT_K_LAUNCHES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 fn splits(spec: &BlockMatmul) -> [usize; 6] {
     let s = |a: Axis| a.split;
@@ -331,18 +382,21 @@ impl BlockMatmulOps for CubeBackend {
         let lhs = into_contiguous(lhs);
         let rhs = into_contiguous(rhs);
         let client = lhs.client.clone();
-        let out = empty_device_contiguous_dtype(
-            client.clone(),
-            lhs.device.clone(),
-            Shape::from(spec.out_shape.clone()),
-            dtype,
-        );
+        let empty = |shape: Vec<usize>| {
+            empty_device_contiguous_dtype(
+                client.clone(),
+                lhs.device.clone(),
+                Shape::from(shape),
+                dtype,
+            )
+        };
         if spec.m == 0 || spec.n == 0 || spec.g == 0 {
-            return out;
+            return empty(spec.out_shape.clone());
         }
-        let info_host = info(&spec);
-        let info = client.create_from_slice(bytemuck::cast_slice(&info_host));
+        let mut info_host = info(&spec);
         if !compiles_wgsl(&lhs) || twin_forced() {
+            let out = empty(spec.out_shape.clone());
+            let info = client.create_from_slice(bytemuck::cast_slice(&info_host));
             launch_twin(&lhs, &rhs, &out, info, &spec, f16);
             return out;
         }
@@ -358,15 +412,29 @@ impl BlockMatmulOps for CubeBackend {
             lhs_k_fast: spec.lhs.col == Axis::plain(1),
             rhs_k_fast: spec.rhs.row == Axis::plain(1),
         };
+        let parts = split_k_parts(&spec, tile, software, f16);
+        let len = spec.out_shape.iter().product::<usize>();
+        // With parts, each writes its partial output into its own slice of one buffer, summed below.
+        let target = if parts > 1 {
+            SPLIT_K_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let chunk = spec.k.div_ceil(parts).next_multiple_of(BK as usize);
+            let parts = spec.k.div_ceil(chunk);
+            info_host[INFO_LEN - 3..].copy_from_slice(&[parts as u32, chunk as u32, len as u32]);
+            empty(vec![parts, len])
+        } else {
+            empty(spec.out_shape.clone())
+        };
+        let parts = info_host[INFO_LEN - 3];
+        let info = client.create_from_slice(bytemuck::cast_slice(&info_host));
         let count = CubeCount::Static(
             (spec.n as u32).div_ceil(tile.bn()),
             (spec.m as u32).div_ceil(tile.bm()),
-            spec.g as u32,
+            spec.g as u32 * parts,
         );
         let args = KernelArguments::new().with_buffers(vec![
             lhs.handle.clone().binding(),
             rhs.handle.clone().binding(),
-            out.handle.clone().binding(),
+            target.handle.clone().binding(),
             info.binding(),
         ]);
         client.launch(
@@ -374,7 +442,11 @@ impl BlockMatmulOps for CubeBackend {
             count,
             args,
         );
-        out
+        if parts == 1 {
+            return target;
+        }
+        let sum = Self::float_sum_dim(target, 0);
+        Self::float_reshape(sum, Shape::from(spec.out_shape.clone()))
     }
 }
 
@@ -429,6 +501,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn spec(g: usize, m: usize, n: usize, k: usize) -> BlockMatmul {
+        use crate::ops::Operand;
+        BlockMatmul {
+            g,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            lhs: Operand::contiguous(m, k),
+            rhs: Operand::contiguous(k, n),
+            out: Operand::contiguous(m, n),
+            out_shape: vec![g, m, n],
+            lhs_shape: vec![g, m, k],
+            rhs_shape: vec![g, k, n],
+        }
+    }
+
+    #[test]
+    fn only_small_outputs_with_long_reductions_split_k_on_a_gpu() {
+        let parts = |s: &BlockMatmul, software, f16| {
+            split_k_parts(s, Tile::for_shape(s.m, s.n, software), software, f16)
+        };
+        // GraLoRA's ∂A at in 384, r 128, k 2, T 2048: 2 × (192 × 128) outputs, a 2048-long sum.
+        let grad_a = spec(2, 192, 128, 2048);
+        let p = parts(&grad_a, false, false);
+        assert!((2..=8).contains(&p), "{p}");
+        // A dense layer's product has workgroups enough; a short reduction is not worth cutting.
+        assert_eq!(parts(&spec(1, 2048, 1536, 384), false, false), 1);
+        assert_eq!(parts(&spec(2, 192, 128, 300), false, false), 1);
+        // Software devices and f16 never split.
+        assert_eq!(parts(&grad_a, true, false), 1);
+        assert_eq!(parts(&grad_a, false, true), 1);
     }
 
     #[test]

@@ -1,0 +1,43 @@
+//! The WGSL kernel with its reduction cut into parts (split-K), forced on every product with
+//! `GRALORA_SPLIT_K=3`: on a real GPU it runs only for small outputs with long reductions, so the
+//! lavapipe device in CI would never reach it otherwise. A separate test binary: the variable is
+//! process-wide.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn split_k_kernel_matches_the_definition_and_the_composite_gradients() {
+    // SAFETY: set before any device thread exists; this binary has a single test.
+    unsafe { std::env::set_var("GRALORA_SPLIT_K", "3") };
+    let before = gralora::ops::split_k_launches();
+    let gpu_devices: Vec<_> = devices()
+        .into_iter()
+        .filter(|(n, _)| *n != "flex")
+        .collect();
+    for (name, device) in &gpu_devices {
+        for (i, spec) in map_kind_specs().iter().enumerate() {
+            assert_block_matmul_matches_definition(
+                &format!("{name} (split-K) spec {i}"),
+                device,
+                spec,
+            );
+        }
+        // K from 8 (fewer BK rounds than parts) to 2048, T = 1 included.
+        for shape in [
+            (1, 64, 16, 2),
+            (77, 200, 40, 4),
+            (512, 384, 32, 2),
+            (2048, 384, 128, 2),
+        ] {
+            assert_branch_matches_composite(&format!("{name} (split-K)"), device, shape);
+        }
+    }
+    if !gpu_devices.is_empty() {
+        assert!(
+            gralora::ops::split_k_launches() > before,
+            "the split-K path must have run"
+        );
+    }
+}
