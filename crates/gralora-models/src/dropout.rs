@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::nn::Dropout;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
@@ -27,13 +27,6 @@ const CHUNK: usize = 1 << 16;
 pub fn seed(seed: u64) {
     BASE.store(seed, Ordering::SeqCst);
     CALLS.store(0, Ordering::SeqCst);
-}
-
-fn on_flex(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        burn::backend::DispatchDevice::Flex(_)
-    )
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -68,7 +61,7 @@ pub fn mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
 /// device without autodiff, or at probability 0 (as burn's).
 pub fn apply<const D: usize>(dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
-    if !on_flex(&device) {
+    if !gralora::device::is_flex(&device) {
         return dropout.forward(x);
     }
     if !dropout.training.is_enabled() || !device.is_autodiff() || dropout.prob == 0.0 {
@@ -85,6 +78,7 @@ pub fn apply<const D: usize>(dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
 mod tests {
     use super::*;
     use burn::nn::DropoutConfig;
+    use burn::tensor::Device;
 
     #[test]
     fn masks_keep_the_expected_share_scaled_and_are_reproducible() {

@@ -203,11 +203,11 @@ impl ClassBatching {
 /// The length multiple batches on `device` are padded to: 1 on the CPU, [`GPU_LEN_MULTIPLE`]
 /// elsewhere.
 pub fn len_multiple(device: &Device) -> usize {
-    let on_cpu = matches!(
-        device.clone().inner().as_dispatch(),
-        burn::backend::DispatchDevice::Flex(_)
-    );
-    if on_cpu { 1 } else { GPU_LEN_MULTIPLE }
+    if gralora::device::is_flex(device) {
+        1
+    } else {
+        GPU_LEN_MULTIPLE
+    }
 }
 
 /// The length multiple of GPU batches.

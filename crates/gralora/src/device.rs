@@ -13,6 +13,14 @@ pub fn wgpu_adapters() -> Vec<wgpu::AdapterInfo> {
         .collect()
 }
 
+/// Whether `device` is the CPU backend, Flex (under autodiff or not).
+pub fn is_flex(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
+}
+
 /// Whether a real GPU (not a software rasteriser such as lavapipe) is reachable through wgpu.
 pub fn has_gpu() -> bool {
     wgpu_adapters()

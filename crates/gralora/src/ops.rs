@@ -373,7 +373,7 @@ pub fn head_scores(q: Tensor<3>, k: Tensor<3>, heads: usize) -> Tensor<4> {
         k.dims()
     );
     let dh = d / heads;
-    if !on_flex(&q.device()) {
+    if !crate::device::is_flex(&q.device()) {
         let split = |y: Tensor<3>, t| y.reshape([b, t, heads, dh]).swap_dims(1, 2);
         return split(q, tq).matmul(split(k, tk).swap_dims(2, 3));
     }
@@ -410,7 +410,7 @@ pub fn head_context(probs: Tensor<4>, v: Tensor<3>) -> Tensor<3> {
         v.dims()
     );
     let dh = d / heads;
-    if !on_flex(&v.device()) {
+    if !crate::device::is_flex(&v.device()) {
         let vh = v.reshape([b, tk, heads, dh]).swap_dims(1, 2);
         return probs.matmul(vh).swap_dims(1, 2).reshape([b, tq, d]);
     }
@@ -438,14 +438,6 @@ fn head_major(heads: usize, t: usize, d: usize, dh: usize) -> Operand {
         row: Axis::plain(d),
         col: Axis::plain(1),
     }
-}
-
-/// Whether `device` is the CPU backend (under autodiff or not).
-fn on_flex(device: &burn::tensor::Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        burn::backend::DispatchDevice::Flex(_)
-    )
 }
 
 /// GraLoRA's block branch `s · regroup(x_blocks · A) · B` as two block matmuls, no regroup copy.

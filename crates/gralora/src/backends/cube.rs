@@ -254,16 +254,15 @@ const MIN_K_CHUNK: usize = 256;
 /// device (a few CPU threads) and f16 (whose partial sums would round) take one.
 /// `GRALORA_SPLIT_K=n` forces n parts (tests run split-K on lavapipe that way).
 fn split_k_parts(spec: &BlockMatmul, tile: Tile, software: bool, f16: bool) -> usize {
-    // At least one BK round a part, and workgroup z (= g · parts) within WebGPU's 65535.
+    // At least one BK round a part, workgroup z (= g · parts) within WebGPU's 65535, and the
+    // partial outputs' offsets 32-bit.
     let most = spec
         .k
         .div_ceil(BK as usize)
         .min(65535 / spec.g.max(1))
+        .min((u32::MAX as usize - 1) / (spec.g * spec.m * spec.n).max(1))
         .max(1);
-    if let Some(n) = std::env::var("GRALORA_SPLIT_K")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+    if let Some(n) = forced_split_k() {
         return n.clamp(1, most);
     }
     if software || f16 {
@@ -274,13 +273,10 @@ fn split_k_parts(spec: &BlockMatmul, tile: Tile, software: bool, f16: bool) -> u
     if workgroups >= TARGET_WORKGROUPS || spec.k < 2 * MIN_K_CHUNK {
         return 1;
     }
-    // The partial outputs' offsets stay 32-bit.
-    let len = spec.g * spec.m * spec.n;
     TARGET_WORKGROUPS
         .div_ceil(workgroups)
         .min(spec.k / MIN_K_CHUNK)
         .min(64)
-        .min((u32::MAX as usize - 1) / len.max(1))
         .min(most)
         .max(1)
 }
@@ -303,7 +299,22 @@ fn splits(spec: &BlockMatmul) -> [usize; 6] {
 
 /// `GRALORA_CUBE_TWIN=1` runs the `#[cube]` twin even where WGSL would do (to test it anywhere).
 fn twin_forced() -> bool {
-    std::env::var("GRALORA_CUBE_TWIN").as_deref() == Ok("1")
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("GRALORA_CUBE_TWIN").as_deref() == Ok("1"))
+}
+
+/// `GRALORA_SPLIT_K=n`: n parts for every product (read once; a value that is no count is
+/// reported on stderr once and ignored).
+fn forced_split_k() -> Option<usize> {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        let v = std::env::var("GRALORA_SPLIT_K").ok()?;
+        let n = v.parse::<usize>().ok();
+        if n.is_none() {
+            eprintln!("warning: GRALORA_SPLIT_K={v:?} is not a count of parts; ignored");
+        }
+        n
+    })
 }
 
 /// Launches of the `#[cube]` twin so far (lets tests see which path ran).
@@ -412,24 +423,27 @@ impl BlockMatmulOps for CubeBackend {
             lhs_k_fast: spec.lhs.col == Axis::plain(1),
             rhs_k_fast: spec.rhs.row == Axis::plain(1),
         };
-        let parts = split_k_parts(&spec, tile, software, f16);
-        let len = spec.out_shape.iter().product::<usize>();
-        // With parts, each writes its partial output into its own slice of one buffer, summed below.
+        // Split-K: chunks of whole BK rounds; each part writes its partial output into its own
+        // slice of one `[parts, len]` buffer, summed below.
+        let chunk = spec
+            .k
+            .max(1)
+            .div_ceil(split_k_parts(&spec, tile, software, f16))
+            .next_multiple_of(BK as usize);
+        let parts = spec.k.div_ceil(chunk).max(1);
         let target = if parts > 1 {
             SPLIT_K_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let chunk = spec.k.div_ceil(parts).next_multiple_of(BK as usize);
-            let parts = spec.k.div_ceil(chunk);
+            let len = spec.g * spec.m * spec.n;
             info_host[INFO_LEN - 3..].copy_from_slice(&[parts as u32, chunk as u32, len as u32]);
             empty(vec![parts, len])
         } else {
             empty(spec.out_shape.clone())
         };
-        let parts = info_host[INFO_LEN - 3];
         let info = client.create_from_slice(bytemuck::cast_slice(&info_host));
         let count = CubeCount::Static(
             (spec.n as u32).div_ceil(tile.bn()),
             (spec.m as u32).div_ceil(tile.bm()),
-            spec.g as u32 * parts,
+            (spec.g * parts) as u32,
         );
         let args = KernelArguments::new().with_buffers(vec![
             lhs.handle.clone().binding(),
