@@ -12,7 +12,8 @@
 //   from `info` (a plain batch has split u32::MAX), e.g. attention's (sequence, head) pairs,
 //   strides, sizes and alpha come through `info`, so one compiled kernel serves every batch size;
 // - the tile shape (WX×WY threads, TM×TN outputs each, TM and TN multiples of 4) is chosen per call
-//   so that a small rank (N or M = 16) does not leave most of a square tile idle;
+//   so that a small rank (N or M = 16) does not leave most of a square tile idle; any thread count
+//   works (the tile loads are guarded), so a software device's tiles are cut to the output's width;
 // - each thread owns a contiguous TM×TN block; the workgroup tiles hold vec4s, so one step of the
 //   inner product is TM/4 + TN/4 vector loads for TM·TN multiply-adds (on software Vulkan, where
 //   every per-invocation load is a gather, loads per multiply-add set the speed: a 2048×384×384
@@ -87,27 +88,31 @@ fn main(
 
 {{ acc_decl }}
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {
-        for (var s = 0u; s < BK * BM / THREADS; s++) {
+        for (var s = 0u; s < (BK * BM + THREADS - 1u) / THREADS; s++) {
             let e = lidx + THREADS * s;
+            if (e < BK * BM) {
 {{ a_index }}
-            let gm = row0 + am;
-            let gk = k0 + ak;
-            var v = 0.0;
-            if (gm < m_len && gk < k_end) {
-                v = f32(lhs[lhs_base + {{ lhs_row }} + {{ lhs_col }}]);
+                let gm = row0 + am;
+                let gk = k0 + ak;
+                var v = 0.0;
+                if (gm < m_len && gk < k_end) {
+                    v = f32(lhs[lhs_base + {{ lhs_row }} + {{ lhs_col }}]);
+                }
+                a_tile[ak * (BM / 4u) + am / 4u][am % 4u] = v;
             }
-            a_tile[ak * (BM / 4u) + am / 4u][am % 4u] = v;
         }
-        for (var s = 0u; s < BK * BN / THREADS; s++) {
+        for (var s = 0u; s < (BK * BN + THREADS - 1u) / THREADS; s++) {
             let e = lidx + THREADS * s;
+            if (e < BK * BN) {
 {{ b_index }}
-            let gn = col0 + bn;
-            let gk = k0 + bk;
-            var v = 0.0;
-            if (gn < n_len && gk < k_end) {
-                v = f32(rhs[rhs_base + {{ rhs_row }} + {{ rhs_col }}]);
+                let gn = col0 + bn;
+                let gk = k0 + bk;
+                var v = 0.0;
+                if (gn < n_len && gk < k_end) {
+                    v = f32(rhs[rhs_base + {{ rhs_row }} + {{ rhs_col }}]);
+                }
+                b_tile[bk * (BN / 4u) + bn / 4u][bn % 4u] = v;
             }
-            b_tile[bk * (BN / 4u) + bn / 4u][bn % 4u] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
