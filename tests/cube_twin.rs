@@ -11,10 +11,7 @@ fn cube_twin_forward_and_gradients_equal_the_composite_reference() {
     // SAFETY: set before any device thread exists; this binary has a single test.
     unsafe { std::env::set_var("GRALORA_CUBE_TWIN", "1") };
     let before = gralora::ops::cube_twin_launches();
-    let gpu_devices: Vec<_> = devices()
-        .into_iter()
-        .filter(|(n, _)| *n != "flex")
-        .collect();
+    let gpu_devices = wgpu_devices();
     for (name, device) in &gpu_devices {
         for shape in [
             (1, 64, 16, 2),

@@ -12,10 +12,7 @@ fn split_k_kernel_matches_the_definition_and_the_composite_gradients() {
     // SAFETY: set before any device thread exists; this binary has a single test.
     unsafe { std::env::set_var("GRALORA_SPLIT_K", "3") };
     let before = gralora::ops::split_k_launches();
-    let gpu_devices: Vec<_> = devices()
-        .into_iter()
-        .filter(|(n, _)| *n != "flex")
-        .collect();
+    let gpu_devices = wgpu_devices();
     for (name, device) in &gpu_devices {
         for (i, spec) in map_kind_specs().iter().enumerate() {
             assert_block_matmul_matches_definition(

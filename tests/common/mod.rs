@@ -23,6 +23,14 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     out
 }
 
+/// The devices of [`devices`] other than Flex: the wgpu adapter when there is one.
+pub fn wgpu_devices() -> Vec<(&'static str, Device)> {
+    devices()
+        .into_iter()
+        .filter(|(n, _)| *n != "flex")
+        .collect()
+}
+
 /// Deterministic pseudo-random numbers in [-1, 1) (splitmix64), so tests need no RNG crate state.
 pub struct Rng(u64);
 
@@ -244,17 +252,8 @@ pub fn map_kind_specs() -> Vec<BlockMatmul> {
     let (g, m, n, k) = (3, 10, 7, 12);
     vec![
         BlockMatmul {
-            g,
-            m,
-            n,
-            k,
             alpha: 0.5,
-            lhs: Operand::contiguous(m, k),
-            rhs: Operand::contiguous(k, n),
-            out: Operand::contiguous(m, n),
-            out_shape: vec![g, m, n],
-            lhs_shape: vec![g, m, k],
-            rhs_shape: vec![g, k, n],
+            ..BlockMatmul::batched(g, m, n, k)
         },
         BlockMatmul {
             g,

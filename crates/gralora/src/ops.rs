@@ -130,6 +130,24 @@ pub struct BlockMatmul {
 }
 
 impl BlockMatmul {
+    /// `out[g] = L[g] · R[g]` over contiguous `[g, m, k]`, `[g, k, n]` and `[g, m, n]` tensors:
+    /// a plain batched matmul, the simplest map of all.
+    pub fn batched(g: usize, m: usize, n: usize, k: usize) -> Self {
+        Self {
+            g,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            lhs: Operand::contiguous(m, k),
+            rhs: Operand::contiguous(k, n),
+            out: Operand::contiguous(m, n),
+            out_shape: vec![g, m, n],
+            lhs_shape: vec![g, m, k],
+            rhs_shape: vec![g, k, n],
+        }
+    }
+
     /// [`check`](Self::check), and that the operands have the shapes recorded here (`op` names
     /// the caller in the panic message).
     fn check_operands(&self, op: &str, lhs: &[usize], rhs: &[usize]) {

@@ -534,35 +534,24 @@ mod tests {
         }
     }
 
-    fn spec(g: usize, m: usize, n: usize, k: usize) -> BlockMatmul {
-        use crate::ops::Operand;
-        BlockMatmul {
-            g,
-            m,
-            n,
-            k,
-            alpha: 1.0,
-            lhs: Operand::contiguous(m, k),
-            rhs: Operand::contiguous(k, n),
-            out: Operand::contiguous(m, n),
-            out_shape: vec![g, m, n],
-            lhs_shape: vec![g, m, k],
-            rhs_shape: vec![g, k, n],
-        }
-    }
-
     #[test]
     fn only_small_outputs_with_long_reductions_split_k_on_a_gpu() {
         let parts = |s: &BlockMatmul, software, f16| {
             split_k_parts(s, Tile::for_shape(s.m, s.n, software), software, f16)
         };
         // GraLoRA's ∂A at in 384, r 128, k 2, T 2048: 2 × (192 × 128) outputs, a 2048-long sum.
-        let grad_a = spec(2, 192, 128, 2048);
+        let grad_a = BlockMatmul::batched(2, 192, 128, 2048);
         let p = parts(&grad_a, false, false);
         assert!((2..=8).contains(&p), "{p}");
         // A dense layer's product has workgroups enough; a short reduction is not worth cutting.
-        assert_eq!(parts(&spec(1, 2048, 1536, 384), false, false), 1);
-        assert_eq!(parts(&spec(2, 192, 128, 300), false, false), 1);
+        assert_eq!(
+            parts(&BlockMatmul::batched(1, 2048, 1536, 384), false, false),
+            1
+        );
+        assert_eq!(
+            parts(&BlockMatmul::batched(2, 192, 128, 300), false, false),
+            1
+        );
         // Software devices and f16 never split.
         assert_eq!(parts(&grad_a, true, false), 1);
         assert_eq!(parts(&grad_a, false, true), 1);
