@@ -1,4 +1,6 @@
-// Batched block matmul with two-level operand addressing (gralora, docs/METHODS.md §2).
+// Batched block matmul with two-level operand addressing (gralora, docs/METHODS.md §2), tiled
+// through workgroup memory: the kernel GPUs run. Software devices (lavapipe) run
+// `block_matmul_direct.wgsl` instead, unless GRALORA_WGSL_TILED=1 (tests run this one there so).
 //
 //   out[g, m, n] = alpha * Σ_kk L(g, m, kk) · R(g, kk, n)
 //

@@ -14,10 +14,19 @@ use gralora::{AdaptedLinear, Adapter, GraLoraConfig, Init};
 
 #[test]
 fn block_matmul_matches_its_definition_on_every_map_kind() {
+    let before = gralora::ops::direct_kernel_launches();
     for (name, device) in devices() {
         for (i, spec) in map_kind_specs().iter().enumerate() {
             assert_block_matmul_matches_definition(&format!("{name} spec {i}"), &device, spec);
         }
+    }
+    // Where wgpu has only a software adapter (CI's lavapipe) it ran the direct kernel.
+    let adapters = gralora::device::wgpu_adapters();
+    if !adapters.is_empty() && !gralora::device::has_gpu() {
+        assert!(
+            gralora::ops::direct_kernel_launches() > before,
+            "a software device must run the direct kernel"
+        );
     }
 }
 

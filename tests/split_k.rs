@@ -1,7 +1,8 @@
-//! The WGSL kernel with its reduction cut into parts (split-K), forced on every product with
-//! `GRALORA_SPLIT_K=3`: on a real GPU it runs only for small outputs with long reductions, so the
-//! lavapipe device in CI would never reach it otherwise. A separate test binary: the variable is
-//! process-wide.
+//! The tiled WGSL kernel with its reduction cut into parts (split-K), forced on every product with
+//! `GRALORA_SPLIT_K=3` (and the tiled kernel with `GRALORA_WGSL_TILED=1`): on a real GPU split-K
+//! runs only for small outputs with long reductions, and a software device runs the direct
+//! kernel in one part, so the lavapipe device in CI would never reach it otherwise. A separate
+//! test binary: the variables are process-wide.
 
 mod common;
 
@@ -10,7 +11,10 @@ use common::*;
 #[test]
 fn split_k_kernel_matches_the_definition_and_the_composite_gradients() {
     // SAFETY: set before any device thread exists; this binary has a single test.
-    unsafe { std::env::set_var("GRALORA_SPLIT_K", "3") };
+    unsafe {
+        std::env::set_var("GRALORA_SPLIT_K", "3");
+        std::env::set_var("GRALORA_WGSL_TILED", "1");
+    }
     let before = gralora::ops::split_k_launches();
     let gpu_devices = wgpu_devices();
     for (name, device) in &gpu_devices {

@@ -7,7 +7,8 @@
 //! gradient of a block matmul is again a block matmul (the operand maps transposed).
 //!
 //! The op is declared once here; each backend's way lives under `backends/`: WGSL on wgpu
-//! (`shaders/block_matmul.wgsl`) and a `#[cube]` twin on CubeCL runtimes without WGSL, strided
+//! (`shaders/block_matmul.wgsl` on a GPU, `shaders/block_matmul_direct.wgsl` on a software
+//! device) and a `#[cube]` twin on CubeCL runtimes without WGSL, strided
 //! `gemm` calls on Flex, the same body lazily on Fusion, and a hand-written backward on Autodiff.
 
 use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
@@ -540,6 +541,13 @@ fn gralora_second_spec(first: &BlockMatmul, ob: usize, scale: f64) -> BlockMatmu
 /// compile WGSL, or `GRALORA_CUBE_TWIN=1`). For diagnostics and tests.
 pub fn cube_twin_launches() -> usize {
     crate::backends::cube::TWIN_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How many times the direct WGSL kernel (`shaders/block_matmul_direct.wgsl`: software devices
+/// such as lavapipe, unless `GRALORA_WGSL_TILED=1`) has run in this process. For diagnostics and
+/// tests.
+pub fn direct_kernel_launches() -> usize {
+    crate::backends::cube::DIRECT_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// How many WGSL launches so far cut their reduction into parts summed afterwards (split-K:

@@ -1,5 +1,7 @@
-//! CubeCL runtimes: the hand-written WGSL kernel (`shaders/block_matmul.wgsl`) where the runtime
-//! compiles WGSL (wgpu on Vulkan, Metal, DX12), its `#[cube]` twin (`cube_twin.rs`) elsewhere.
+//! CubeCL runtimes: the hand-written WGSL kernels where the runtime compiles WGSL (wgpu on Vulkan,
+//! Metal, DX12): `shaders/block_matmul.wgsl` (tiled through workgroup memory) on a GPU,
+//! `shaders/block_matmul_direct.wgsl` (operands read straight from storage) on a software device;
+//! their `#[cube]` twin (`cube_twin.rs`) elsewhere.
 
 use burn::backend::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape};
@@ -14,6 +16,7 @@ use burn_cubecl::tensor::CubeTensor;
 use crate::ops::{Axis, BlockMatmul, BlockMatmulOps};
 
 const SOURCE: &str = include_str!("../../../../shaders/block_matmul.wgsl");
+const DIRECT_SOURCE: &str = include_str!("../../../../shaders/block_matmul_direct.wgsl");
 
 /// Reduction step per workgroup-memory round (two barriers each).
 const BK: u32 = 16;
@@ -32,13 +35,14 @@ impl Tile {
     /// most of a square one is not left idle.
     ///
     /// On a real GPU: 256 threads, 4×4 outputs each (8×8 for wide outputs), the usual SGEMM
-    /// shapes. On a software device (lavapipe: every per-invocation load is a gather, and each
-    /// workgroup runs on one CPU thread) what sets the speed is loads per multiply-add, so threads
-    /// own 16×16 blocks (32×4 or 32×8 against a thin rank side) and workgroups are small, each
-    /// only as wide as the output needs (any thread count: the tile loads are guarded). Chosen by
-    /// timing ~20 tile shapes on each of the adapter's products on 2 cores: 2048×384×384 went from
-    /// 1057 ms (scalar 4×4 tiles) to 205 ms (burn's own autotuned matmul: 269 ms); GraLoRA's six
-    /// products at in 384, r 32, k 2 from 316 to about 230–245 ms (burn's matmuls for LoRA's: 215–230).
+    /// shapes, for the tiled kernel. On a software device (lavapipe: every per-invocation load is
+    /// a loop over the SIMD lanes, and each workgroup runs on one CPU thread) what sets the speed
+    /// is loads per multiply-add, so threads own 16×16 blocks (32×4 or 32×8 against a thin rank
+    /// side) and workgroups are small, each only as wide as the output needs (any thread count
+    /// works). Chosen by timing ~20 tile shapes on each of the adapter's products on 2 cores with
+    /// the tiled kernel (2048×384×384 went from 1057 ms with scalar 4×4 tiles to 205 ms; burn's
+    /// own autotuned matmul: 269 ms), and kept for the direct kernel, where ~15 other shapes
+    /// (32×32, 64×16, 16×32, 8×8 blocks; 8 to 64 threads) were no faster on any product.
     /// The GPU shapes are not tuned on a GPU yet.
     fn for_shape(m: usize, n: usize, software: bool) -> Self {
         let (wx, wy, tm, tn) = match (software, m, n) {
@@ -122,6 +126,9 @@ struct BlockMatmulKernel {
     lhs_k_fast: bool,
     /// The rhs is contiguous along K.
     rhs_k_fast: bool,
+    /// `block_matmul_direct.wgsl` (software devices: no workgroup memory) instead of the tiled
+    /// kernel.
+    direct: bool,
 }
 
 /// WGSL for one axis' offset of index variable `var`, strides named `{name}_hi` / `{name}_lo`.
@@ -174,6 +181,72 @@ impl BlockMatmulKernel {
         }
         (decl, compute, store)
     }
+
+    /// `block_matmul_direct.wgsl` filled in: each thread's row and column offsets computed once,
+    /// then per reduction step TM lhs and TN rhs loads from storage into the unrolled tile.
+    fn direct_source(&self) -> SourceTemplate {
+        let (decl, _, store) = self.unrolled();
+        let Tile { tm, tn, .. } = self.tile;
+        let sp = &self.splits;
+        let mut prelude = decl;
+        for i in 0..tm {
+            prelude += &format!(
+                "    let lr{i} = lhs_base + {};\n",
+                axis_expr(
+                    &format!("min(row0 + lid.y * TM + {i}u, m_last)"),
+                    sp[0],
+                    "l_row"
+                )
+            );
+        }
+        for j in 0..tn {
+            prelude += &format!(
+                "    let rc{j} = rhs_base + {};\n",
+                axis_expr(
+                    &format!("min(col0 + lid.x * TN + {j}u, n_last)"),
+                    sp[3],
+                    "r_col"
+                )
+            );
+        }
+        let mut compute = String::new();
+        for p in 0..tm / 4 {
+            compute += &format!(
+                "        let a{p} = vec4<f32>(f32(lhs[lr{} + lc]), f32(lhs[lr{} + lc]), f32(lhs[lr{} + lc]), f32(lhs[lr{} + lc]));\n",
+                4 * p,
+                4 * p + 1,
+                4 * p + 2,
+                4 * p + 3
+            );
+        }
+        for q in 0..tn / 4 {
+            compute += &format!(
+                "        let b{q} = vec4<f32>(f32(rhs[rr + rc{}]), f32(rhs[rr + rc{}]), f32(rhs[rr + rc{}]), f32(rhs[rr + rc{}]));\n",
+                4 * q,
+                4 * q + 1,
+                4 * q + 2,
+                4 * q + 3
+            );
+        }
+        for i in 0..tm {
+            for q in 0..tn / 4 {
+                compute += &format!("        acc{i}_{q} += a{}[{}u] * b{q};\n", i / 4, i % 4);
+            }
+        }
+        let t = self.tile;
+        SourceTemplate::new(DIRECT_SOURCE)
+            .register("elem", if self.f16 { "f16" } else { "f32" })
+            .register("enable_f16", if self.f16 { "enable f16;" } else { "" })
+            .register("wx", t.wx.to_string())
+            .register("wy", t.wy.to_string())
+            .register("tm", t.tm.to_string())
+            .register("tn", t.tn.to_string())
+            .register("lhs_col", axis_expr("gk", sp[1], "l_col"))
+            .register("rhs_row", axis_expr("gk", sp[2], "r_row"))
+            .register("prelude", prelude)
+            .register("compute", compute)
+            .register("store", store)
+    }
 }
 
 /// WGSL splitting the load index `e` into a tile position `(major, k)`, K fastest or not.
@@ -187,6 +260,9 @@ fn load_index(major: &str, kvar: &str, len: &str, k_fast: bool) -> String {
 
 impl KernelSource for BlockMatmulKernel {
     fn source(&self) -> SourceTemplate {
+        if self.direct {
+            return self.direct_source();
+        }
         let (decl, compute, store) = self.unrolled();
         let t = self.tile;
         let sp = &self.splits;
@@ -266,7 +342,8 @@ const MIN_K_CHUNK: usize = 256;
 /// only when the output alone gives too few workgroups and the reduction is long (GraLoRA's and
 /// LoRA's weight gradients: outputs of `in/k × r`, reductions over all T tokens). A software
 /// device (a few CPU threads) and f16 (whose partial sums would round) take one.
-/// `GRALORA_SPLIT_K=n` forces n parts (tests run split-K on lavapipe that way).
+/// `GRALORA_SPLIT_K=n` forces n parts on the tiled kernel (tests run split-K on lavapipe that way,
+/// with `GRALORA_WGSL_TILED=1`).
 fn split_k_parts(spec: &BlockMatmul, tile: Tile, software: bool, f16: bool) -> usize {
     // At least one BK round a part, workgroup z (= g · parts) within WebGPU's 65535, and the
     // partial outputs' offsets 32-bit.
@@ -316,6 +393,17 @@ fn twin_forced() -> bool {
     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| std::env::var("GRALORA_CUBE_TWIN").as_deref() == Ok("1"))
 }
+
+/// `GRALORA_WGSL_TILED=1` runs the tiled (workgroup-memory) kernel on a software device too, where
+/// the direct one would run (to test the GPUs' kernel on lavapipe).
+fn tiled_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("GRALORA_WGSL_TILED").as_deref() == Ok("1"))
+}
+
+/// Launches of the direct (software-device) WGSL kernel so far.
+pub(crate) static DIRECT_LAUNCHES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 /// `GRALORA_SPLIT_K=n`: n parts for every product (read once; a value that is no count is
 /// reported on stderr once and ignored).
@@ -428,22 +516,34 @@ impl BlockMatmulOps for CubeBackend {
         // A device that is no card (cubecl's identity has no physical device): a CPU rasteriser.
         let properties = client.properties();
         let software = properties.identity.physical.is_none();
-        let tile = Tile::for_shape(spec.m, spec.n, software)
-            .within(properties.hardware.max_shared_memory_size);
+        // A software device reads the operands straight from storage (no workgroup memory).
+        let direct = software && !tiled_forced();
+        let tile = Tile::for_shape(spec.m, spec.n, software);
+        let tile = if direct {
+            tile
+        } else {
+            tile.within(properties.hardware.max_shared_memory_size)
+        };
+        if direct {
+            DIRECT_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let kernel = BlockMatmulKernel {
             f16,
             splits: splits(&spec),
             tile,
             lhs_k_fast: spec.lhs.col == Axis::plain(1),
             rhs_k_fast: spec.rhs.row == Axis::plain(1),
+            direct,
         };
         // Split-K: chunks of whole BK rounds; each part writes its partial output into its own
         // slice of one `[parts, len]` buffer, summed below.
-        let chunk = spec
-            .k
-            .max(1)
-            .div_ceil(split_k_parts(&spec, tile, software, f16))
-            .next_multiple_of(BK as usize);
+        // The direct kernel runs one part (its workgroups already keep every CPU thread busy).
+        let wanted = if direct {
+            1
+        } else {
+            split_k_parts(&spec, tile, software, f16)
+        };
+        let chunk = spec.k.max(1).div_ceil(wanted).next_multiple_of(BK as usize);
         let parts = spec.k.div_ceil(chunk).max(1);
         let target = if parts > 1 {
             SPLIT_K_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -505,11 +605,13 @@ mod tests {
         ];
         for (m, n) in shapes {
             for splits in split_sets {
-                for (f16, k_fast, software) in [
-                    (false, false, false),
-                    (true, true, true),
-                    (false, true, true),
-                    (true, false, false),
+                for (f16, k_fast, software, direct) in [
+                    (false, false, false, false),
+                    (true, true, true, false),
+                    (false, true, true, false),
+                    (true, false, false, false),
+                    (false, false, true, true),
+                    (true, true, true, true),
                 ] {
                     let kernel = BlockMatmulKernel {
                         f16,
@@ -517,6 +619,7 @@ mod tests {
                         tile: Tile::for_shape(m, n, software),
                         lhs_k_fast: k_fast,
                         rhs_k_fast: !k_fast,
+                        direct,
                     };
                     let source = kernel.source().complete();
                     let module = wgpu::naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {

@@ -1,0 +1,68 @@
+// Batched block matmul for software devices (lavapipe): the same product, operand maps, info
+// layout and register tiles as `block_matmul.wgsl`, without workgroup memory.
+//
+//   out[g, m, n] = alpha * Σ_kk L(g, m, kk) · R(g, kk, n)
+//
+// On a CPU rasteriser every per-invocation load, from storage or from workgroup memory alike, is a
+// loop over the SIMD lanes, and a barrier suspends and resumes every lane group. Staging tiles
+// through workgroup memory there only adds a store and a load per element and two barriers per
+// round, so this kernel reads both operands straight from storage: per reduction step a thread
+// loads its TM lhs and TN rhs values and does TM·TN multiply-adds into unrolled vec4 accumulators.
+// (On 2 cores: GraLoRA's six products at in 384, r 32, k 2 take ~135 ms this way and ~238 ms through
+// the tiled kernel with the same tiles; burn's matmuls for LoRA's six take 215–230 ms.)
+// Rows and columns past the output are clamped to the last one (a valid element; their results are
+// never stored) and the reduction runs exactly to its end, so no load needs a guard: any M, N, K works.
+// Filled by `crates/gralora/src/backends/cube.rs` like the tiled kernel (axis expressions, tile
+// shape, unrolled accumulators); split-K words in `info` are honoured but a software device always
+// runs one part.
+{{ enable_f16 }}
+@group(0) @binding(0) var<storage, read_write> lhs: array<{{ elem }}>;
+@group(0) @binding(1) var<storage, read_write> rhs: array<{{ elem }}>;
+@group(0) @binding(2) var<storage, read_write> out: array<{{ elem }}>;
+@group(0) @binding(3) var<storage, read_write> info: array<u32>;
+
+const TM: u32 = {{ tm }}u;
+const TN: u32 = {{ tn }}u;
+
+@compute @workgroup_size({{ wx }}, {{ wy }}, 1)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let m_len = info[0];
+    let n_len = info[1];
+    let k_len = info[2];
+    let alpha = bitcast<f32>(info[3]);
+    let l_row_hi = info[7];
+    let l_row_lo = info[8];
+    let l_col_hi = info[9];
+    let l_col_lo = info[10];
+    let r_row_hi = info[14];
+    let r_row_lo = info[15];
+    let r_col_hi = info[16];
+    let r_col_lo = info[17];
+    let o_row_hi = info[21];
+    let o_row_lo = info[22];
+    let o_col_hi = info[23];
+    let o_col_lo = info[24];
+    let parts = info[25];
+    let g = wid.z / parts;
+    let part = wid.z % parts;
+    let k_begin = part * info[26];
+    let k_end = min(k_begin + info[26], k_len);
+    let lhs_base = (g / info[4]) * info[5] + (g % info[4]) * info[6];
+    let rhs_base = (g / info[11]) * info[12] + (g % info[11]) * info[13];
+    let out_base = (g / info[18]) * info[19] + (g % info[18]) * info[20] + part * info[27];
+    let row0 = wid.y * ({{ wy }}u * TM);
+    let col0 = wid.x * ({{ wx }}u * TN);
+    let m_last = max(m_len, 1u) - 1u;
+    let n_last = max(n_len, 1u) - 1u;
+
+{{ prelude }}
+    for (var gk = k_begin; gk < k_end; gk++) {
+        let lc = {{ lhs_col }};
+        let rr = {{ rhs_row }};
+{{ compute }}
+    }
+{{ store }}
+}
