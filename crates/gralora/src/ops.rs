@@ -486,9 +486,16 @@ pub fn gralora_blocks_acc(
 /// GraLoRA's first product `h[n] = x_n · A[n]` (`[k, T, r]`) and its spec.
 fn gralora_first(x: Tensor<2>, a: Tensor<3>) -> (Tensor<3>, BlockMatmul) {
     let [t, d_in] = x.dims();
-    let [k, ib, r] = a.dims();
+    let [k, _, r] = a.dims();
+    let spec = gralora_first_spec(t, d_in, k, r);
+    (block_matmul(x, a, spec.clone()), spec)
+}
+
+/// The spec of GraLoRA's first product for `T` tokens, `in` inputs, `k` blocks and rank `r`.
+pub(crate) fn gralora_first_spec(t: usize, d_in: usize, k: usize, r: usize) -> BlockMatmul {
+    let ib = d_in / k;
     // h[n] = x_n · A[n]: x read as [k(n), T, ib] in place.
-    let spec = BlockMatmul {
+    BlockMatmul {
         g: k,
         m: t,
         n: r,
@@ -504,12 +511,11 @@ fn gralora_first(x: Tensor<2>, a: Tensor<3>) -> (Tensor<3>, BlockMatmul) {
         out_shape: vec![k, t, r],
         lhs_shape: vec![t, d_in],
         rhs_shape: vec![k, ib, r],
-    };
-    (block_matmul(x, a, spec.clone()), spec)
+    }
 }
 
 /// The spec of GraLoRA's second product (`ob = out/k` columns per output block), given the first's.
-fn gralora_second_spec(first: &BlockMatmul, ob: usize, scale: f64) -> BlockMatmul {
+pub(crate) fn gralora_second_spec(first: &BlockMatmul, ob: usize, scale: f64) -> BlockMatmul {
     let (k, t, r) = (first.g, first.m, first.n);
     let rb = r / k;
     // y_j = Σ_n h[n][:, j-block] · B[j][n-block]: h read regrouped in place

@@ -42,7 +42,8 @@ impl Tile {
     /// works). Chosen by timing ~20 tile shapes on each of the adapter's products on 2 cores with
     /// the tiled kernel (2048×384×384 went from 1057 ms with scalar 4×4 tiles to 205 ms; burn's
     /// own autotuned matmul: 269 ms), and kept for the direct kernel, where ~15 other shapes
-    /// (32×32, 64×16, 16×32, 8×8 blocks; 8 to 64 threads) were no faster on any product.
+    /// (32×32, 64×16, 16×32, 8×8 blocks; 8 to 64 threads) were no faster on any product, nor
+    /// were 8 shapes re-timed once the direct kernel read `vec4`s.
     /// The GPU shapes are not tuned on a GPU yet.
     fn for_shape(m: usize, n: usize, software: bool) -> Self {
         let (wx, wy, tm, tn) = match (software, m, n) {
@@ -129,6 +130,23 @@ struct BlockMatmulKernel {
     /// `block_matmul_direct.wgsl` (software devices: no workgroup memory) instead of the tiled
     /// kernel.
     direct: bool,
+    /// Which axis of the lhs and of the rhs the direct kernel reads four at a time.
+    vec: [Vec4; 2],
+    /// The direct kernel writes the output as `vec4`s (contiguous along N in aligned runs of 4).
+    vec_out: bool,
+}
+
+/// Along which axis the direct kernel reads an operand as `vec4`s: where that axis is contiguous
+/// (stride 1), its length and every other offset a multiple of 4. On lavapipe a load is a loop
+/// over the SIMD lanes with a bounds check per value; a `vec4` load runs that loop once for four.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Vec4 {
+    /// Scalar loads.
+    No,
+    /// Along the output axis: M for the lhs, N for the rhs (four rows or columns at once).
+    Outer,
+    /// Along the reduction: four steps of one row (lhs) or column (rhs) at once.
+    K,
 }
 
 /// WGSL for one axis' offset of index variable `var`, strides named `{name}_hi` / `{name}_lo`.
@@ -183,66 +201,164 @@ impl BlockMatmulKernel {
     }
 
     /// `block_matmul_direct.wgsl` filled in: each thread's row and column offsets computed once,
-    /// then per reduction step TM lhs and TN rhs loads from storage into the unrolled tile.
+    /// then per reduction step TM lhs and TN rhs values loaded from storage into the unrolled
+    /// tile; four at a time (one `vec4` load) along an operand's contiguous axis where `vec`
+    /// allows, the reduction then stepping four at a time.
     fn direct_source(&self) -> SourceTemplate {
-        let (decl, _, store) = self.unrolled();
+        let (decl, _, mut store) = self.unrolled();
         let Tile { tm, tn, .. } = self.tile;
         let sp = &self.splits;
+        let [lv, rv] = self.vec;
+        let elem = if self.f16 { "f16" } else { "f32" };
+        if self.vec_out {
+            // Four columns a store: N is a multiple of 4, so a group is all in or all out.
+            let (out_row, out_col) = (
+                axis_expr("gm", sp[4], "o_row"),
+                axis_expr("gn", sp[5], "o_col"),
+            );
+            store.clear();
+            for i in 0..tm {
+                store += &format!(
+                    "    {{\n        let gm = row0 + lid.y * TM + {i}u;\n        if (gm < m_len) {{\n"
+                );
+                for q in 0..tn / 4 {
+                    store += &format!(
+                        "            {{ let gn = col0 + lid.x * TN + {}u; if (gn < n_len) {{ out[(out_base + {out_row} + {out_col}) / 4u] = vec4<{elem}>(alpha * acc{i}_{q}); }} }}\n",
+                        4 * q
+                    );
+                }
+                store += "        }\n    }\n";
+            }
+        }
+        let step = if lv == Vec4::K || rv == Vec4::K { 4 } else { 1 };
         let mut prelude = decl;
-        for i in 0..tm {
+        // lhs rows: one offset per row, or per group of four rows where they are contiguous.
+        let (l_groups, l_stride, l_last) = if lv == Vec4::Outer {
+            (tm / 4, 4, "m_len - 4u")
+        } else {
+            (tm, 1, "m_last")
+        };
+        for i in 0..l_groups {
             prelude += &format!(
                 "    let lr{i} = lhs_base + {};\n",
                 axis_expr(
-                    &format!("min(row0 + lid.y * TM + {i}u, m_last)"),
+                    &format!("min(row0 + lid.y * TM + {}u, {l_last})", i * l_stride),
                     sp[0],
                     "l_row"
                 )
             );
         }
-        for j in 0..tn {
+        let (r_groups, r_stride, r_last) = if rv == Vec4::Outer {
+            (tn / 4, 4, "n_len - 4u")
+        } else {
+            (tn, 1, "n_last")
+        };
+        for j in 0..r_groups {
             prelude += &format!(
                 "    let rc{j} = rhs_base + {};\n",
                 axis_expr(
-                    &format!("min(col0 + lid.x * TN + {j}u, n_last)"),
+                    &format!("min(col0 + lid.x * TN + {}u, {r_last})", j * r_stride),
                     sp[3],
                     "r_col"
                 )
             );
         }
+        let kvar = |kk: u32| {
+            if step == 1 {
+                "gk".to_string()
+            } else {
+                format!("(gk + {kk}u)")
+            }
+        };
         let mut compute = String::new();
-        for p in 0..tm / 4 {
-            compute += &format!(
-                "        let a{p} = vec4<f32>(f32(lhs[lr{} + lc]), f32(lhs[lr{} + lc]), f32(lhs[lr{} + lc]), f32(lhs[lr{} + lc]));\n",
-                4 * p,
-                4 * p + 1,
-                4 * p + 2,
-                4 * p + 3
-            );
-        }
-        for q in 0..tn / 4 {
-            compute += &format!(
-                "        let b{q} = vec4<f32>(f32(rhs[rr + rc{}]), f32(rhs[rr + rc{}]), f32(rhs[rr + rc{}]), f32(rhs[rr + rc{}]));\n",
-                4 * q,
-                4 * q + 1,
-                4 * q + 2,
-                4 * q + 3
-            );
-        }
-        for i in 0..tm {
-            for q in 0..tn / 4 {
-                compute += &format!("        acc{i}_{q} += a{}[{}u] * b{q};\n", i / 4, i % 4);
+        // Whole-vector loads along K: four reduction steps of one row (lhs) or column (rhs).
+        if lv == Vec4::K {
+            let lc = axis_expr("gk", sp[1], "l_col");
+            for i in 0..tm {
+                compute += &format!("        let l{i} = vec4<f32>(lhs[(lr{i} + {lc}) / 4u]);\n");
             }
         }
+        if rv == Vec4::K {
+            let rr = axis_expr("gk", sp[2], "r_row");
+            for j in 0..tn {
+                compute += &format!("        let r{j} = vec4<f32>(rhs[(rc{j} + {rr}) / 4u]);\n");
+            }
+        }
+        for kk in 0..step {
+            let lc = axis_expr(&kvar(kk), sp[1], "l_col");
+            let rr = axis_expr(&kvar(kk), sp[2], "r_row");
+            for p in 0..tm / 4 {
+                let a = match lv {
+                    Vec4::Outer => format!("vec4<f32>(lhs[(lr{p} + {lc}) / 4u])"),
+                    Vec4::K => format!(
+                        "vec4<f32>(l{}[{kk}u], l{}[{kk}u], l{}[{kk}u], l{}[{kk}u])",
+                        4 * p,
+                        4 * p + 1,
+                        4 * p + 2,
+                        4 * p + 3
+                    ),
+                    Vec4::No => format!(
+                        "vec4<f32>(f32(lhs[lr{} + {lc}]), f32(lhs[lr{} + {lc}]), f32(lhs[lr{} + {lc}]), f32(lhs[lr{} + {lc}]))",
+                        4 * p,
+                        4 * p + 1,
+                        4 * p + 2,
+                        4 * p + 3
+                    ),
+                };
+                compute += &format!("        let a{p}_{kk} = {a};\n");
+            }
+            for q in 0..tn / 4 {
+                let b = match rv {
+                    Vec4::Outer => format!("vec4<f32>(rhs[({rr} + rc{q}) / 4u])"),
+                    Vec4::K => format!(
+                        "vec4<f32>(r{}[{kk}u], r{}[{kk}u], r{}[{kk}u], r{}[{kk}u])",
+                        4 * q,
+                        4 * q + 1,
+                        4 * q + 2,
+                        4 * q + 3
+                    ),
+                    Vec4::No => format!(
+                        "vec4<f32>(f32(rhs[{rr} + rc{}]), f32(rhs[{rr} + rc{}]), f32(rhs[{rr} + rc{}]), f32(rhs[{rr} + rc{}]))",
+                        4 * q,
+                        4 * q + 1,
+                        4 * q + 2,
+                        4 * q + 3
+                    ),
+                };
+                compute += &format!("        let b{q}_{kk} = {b};\n");
+            }
+            for i in 0..tm {
+                for q in 0..tn / 4 {
+                    compute += &format!(
+                        "        acc{i}_{q} += a{}_{kk}[{}u] * b{q}_{kk};\n",
+                        i / 4,
+                        i % 4
+                    );
+                }
+            }
+        }
+        let ty = |v: Vec4| {
+            if v == Vec4::No {
+                elem.to_string()
+            } else {
+                format!("vec4<{elem}>")
+            }
+        };
         let t = self.tile;
         SourceTemplate::new(DIRECT_SOURCE)
-            .register("elem", if self.f16 { "f16" } else { "f32" })
+            .register("elem", elem)
             .register("enable_f16", if self.f16 { "enable f16;" } else { "" })
+            .register("lhs_ty", ty(lv))
+            .register("rhs_ty", ty(rv))
+            .register(
+                "out_ty",
+                ty(if self.vec_out { Vec4::Outer } else { Vec4::No }),
+            )
+            .register("k_step", step.to_string())
             .register("wx", t.wx.to_string())
             .register("wy", t.wy.to_string())
             .register("tm", t.tm.to_string())
             .register("tn", t.tn.to_string())
-            .register("lhs_col", axis_expr("gk", sp[1], "l_col"))
-            .register("rhs_row", axis_expr("gk", sp[2], "r_row"))
             .register("prelude", prelude)
             .register("compute", compute)
             .register("store", store)
@@ -401,6 +517,54 @@ fn tiled_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("GRALORA_WGSL_TILED").as_deref() == Ok("1"))
 }
 
+/// `GRALORA_WGSL_SCALAR=1` keeps the direct kernel to scalar loads (to compare, and to test that
+/// form on shapes that would take `vec4` loads).
+fn scalar_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("GRALORA_WGSL_SCALAR").as_deref() == Ok("1"))
+}
+
+/// Every offset along `a` is a multiple of 4.
+fn aligned(a: Axis) -> bool {
+    a.lo.is_multiple_of(4) && (a.split == 0 || a.hi.is_multiple_of(4))
+}
+
+/// `a` is contiguous in aligned runs of 4 (stride 1; blocks of a split axis a multiple of 4 long).
+fn runs_of_4(a: Axis) -> bool {
+    a.lo == 1 && (a.split == 0 || (a.split.is_multiple_of(4) && a.hi.is_multiple_of(4)))
+}
+
+/// The axes along which the direct kernel can read each operand of `spec` as `vec4`s: an axis
+/// contiguous in runs of 4 (stride 1, blocks of a split axis a multiple of 4 long) whose length is
+/// a multiple of 4, with every other offset (batch, the other axis) a multiple of 4, so each group
+/// of four is one aligned `vec4`.
+fn vec_axes(spec: &BlockMatmul) -> [Vec4; 2] {
+    // (an operand's batch axis, its output axis and that axis' length, its reduction axis)
+    let pick = |batch: Axis, outer: Axis, outer_len: usize, k: Axis| {
+        if !aligned(batch) {
+            Vec4::No
+        } else if runs_of_4(outer) && outer_len.is_multiple_of(4) && aligned(k) {
+            Vec4::Outer
+        } else if runs_of_4(k) && spec.k.is_multiple_of(4) && aligned(outer) {
+            Vec4::K
+        } else {
+            Vec4::No
+        }
+    };
+    let (l, r) = (spec.lhs, spec.rhs);
+    [
+        pick(l.batch, l.row, spec.m, l.col),
+        pick(r.batch, r.col, spec.n, r.row),
+    ]
+}
+
+/// Whether the direct kernel can write the output of `spec` as `vec4`s: contiguous along N in
+/// aligned runs of 4, N a multiple of 4, the batch and row offsets multiples of 4.
+fn vec_out(spec: &BlockMatmul) -> bool {
+    let o = spec.out;
+    aligned(o.batch) && aligned(o.row) && runs_of_4(o.col) && spec.n.is_multiple_of(4)
+}
+
 /// Launches of the direct (software-device) WGSL kernel so far.
 pub(crate) static DIRECT_LAUNCHES: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
@@ -534,6 +698,12 @@ impl BlockMatmulOps for CubeBackend {
             lhs_k_fast: spec.lhs.col == Axis::plain(1),
             rhs_k_fast: spec.rhs.row == Axis::plain(1),
             direct,
+            vec: if direct && !scalar_forced() {
+                vec_axes(&spec)
+            } else {
+                [Vec4::No; 2]
+            },
+            vec_out: direct && !scalar_forced() && vec_out(&spec),
         };
         // Split-K: chunks of whole BK rounds; each part writes its partial output into its own
         // slice of one `[parts, len]` buffer, summed below.
@@ -613,28 +783,79 @@ mod tests {
                     (false, false, true, true),
                     (true, true, true, true),
                 ] {
-                    let kernel = BlockMatmulKernel {
-                        f16,
-                        splits,
-                        tile: Tile::for_shape(m, n, software),
-                        lhs_k_fast: k_fast,
-                        rhs_k_fast: !k_fast,
-                        direct,
+                    let vecs: &[[Vec4; 2]] = if direct {
+                        &[
+                            [Vec4::No, Vec4::No],
+                            [Vec4::Outer, Vec4::Outer],
+                            [Vec4::K, Vec4::K],
+                            [Vec4::Outer, Vec4::K],
+                            [Vec4::K, Vec4::No],
+                            [Vec4::No, Vec4::Outer],
+                        ]
+                    } else {
+                        &[[Vec4::No, Vec4::No]]
                     };
-                    let source = kernel.source().complete();
-                    let module = wgpu::naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
-                        panic!("{kernel:?}:\n{}\n{source}", e.emit_to_string(&source))
-                    });
-                    let mut validator = wgpu::naga::valid::Validator::new(
-                        wgpu::naga::valid::ValidationFlags::all(),
-                        wgpu::naga::valid::Capabilities::all(),
-                    );
-                    validator
-                        .validate(&module)
-                        .unwrap_or_else(|e| panic!("{kernel:?}: {e:?}\n{source}"));
+                    for &vec in vecs {
+                        let kernel = BlockMatmulKernel {
+                            f16,
+                            splits,
+                            tile: Tile::for_shape(m, n, software),
+                            lhs_k_fast: k_fast,
+                            rhs_k_fast: !k_fast,
+                            direct,
+                            vec,
+                            vec_out: direct && vec[1] != Vec4::K,
+                        };
+                        let source = kernel.source().complete();
+                        let module =
+                            wgpu::naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
+                                panic!("{kernel:?}:\n{}\n{source}", e.emit_to_string(&source))
+                            });
+                        let mut validator = wgpu::naga::valid::Validator::new(
+                            wgpu::naga::valid::ValidationFlags::all(),
+                            wgpu::naga::valid::Capabilities::all(),
+                        );
+                        validator
+                            .validate(&module)
+                            .unwrap_or_else(|e| panic!("{kernel:?}: {e:?}\n{source}"));
+                    }
                 }
             }
         }
+    }
+
+    /// GraLoRA's six products read both operands as `vec4`s on a 384-wide layer (along the axis
+    /// each is contiguous in), and an operand with no aligned run of four is read by scalars.
+    #[test]
+    fn vec4_loads_where_runs_of_four_are_aligned() {
+        use crate::ops::{gralora_first_spec, gralora_second_spec};
+        use Vec4::{K, No, Outer};
+        for (k, r) in [(2, 16), (2, 32), (4, 16), (4, 128)] {
+            let first = gralora_first_spec(2048, 384, k, r);
+            let second = gralora_second_spec(&first, 384 / k, 2.0);
+            for (spec, want) in [
+                (&first, [K, Outer]),
+                (&first.grad_lhs(), [K, K]),
+                (&first.grad_rhs(), [Outer, Outer]),
+                (&second, [K, Outer]),
+                (&second.grad_lhs(), [K, K]),
+                (&second.grad_rhs(), [Outer, Outer]),
+            ] {
+                assert_eq!(vec_axes(spec), want, "k {k}, r {r}: {spec:?}");
+                assert!(vec_out(spec), "k {k}, r {r}: {spec:?}");
+            }
+        }
+        // r / k = 2: the regrouped h has runs of two only; x's blocks (in / k = 27) are unaligned.
+        let second = gralora_second_spec(&gralora_first_spec(2048, 384, 8, 16), 48, 2.0);
+        assert_eq!(vec_axes(&second), [No, Outer]);
+        assert_eq!(vec_axes(&gralora_first_spec(16, 54, 2, 8)), [No, Outer]);
+        // Lengths that are no multiple of 4.
+        assert_eq!(vec_axes(&BlockMatmul::batched(3, 77, 5, 6)), [No, No]);
+        assert_eq!(vec_axes(&BlockMatmul::batched(3, 77, 8, 6)), [No, Outer]);
+        assert_eq!(vec_axes(&BlockMatmul::batched(3, 77, 8, 12)), [K, Outer]);
+        assert!(vec_out(&BlockMatmul::batched(3, 77, 8, 12)));
+        assert!(!vec_out(&BlockMatmul::batched(3, 77, 6, 12)));
+        assert!(!vec_out(&BlockMatmul::batched(3, 77, 8, 6).grad_lhs()));
     }
 
     #[test]
