@@ -231,38 +231,39 @@ impl BlockMatmulKernel {
             }
         }
         let step = if lv == Vec4::K || rv == Vec4::K { 4 } else { 1 };
+        // Each thread's row (lhs) and column (rhs) offsets: one per row or column, or one per
+        // group of four where the operand is read as vec4s along that axis. Past the output they
+        // clamp to the last row or column (group).
+        let offsets = |name: &str, first: &str, count: u32, vec: bool, len: &str, axis: String| {
+            let (groups, per, last) = if vec {
+                (count / 4, 4, format!("{len}_len - 4u"))
+            } else {
+                (count, 1, format!("{len}_last"))
+            };
+            (0..groups)
+                .map(|i| {
+                    let index = format!("min({first} + {}u, {last})", i * per);
+                    format!("    let {name}{i} = {};\n", axis.replace("IDX", &index))
+                })
+                .collect::<String>()
+        };
         let mut prelude = decl;
-        // lhs rows: one offset per row, or per group of four rows where they are contiguous.
-        let (l_groups, l_stride, l_last) = if lv == Vec4::Outer {
-            (tm / 4, 4, "m_len - 4u")
-        } else {
-            (tm, 1, "m_last")
-        };
-        for i in 0..l_groups {
-            prelude += &format!(
-                "    let lr{i} = lhs_base + {};\n",
-                axis_expr(
-                    &format!("min(row0 + lid.y * TM + {}u, {l_last})", i * l_stride),
-                    sp[0],
-                    "l_row"
-                )
-            );
-        }
-        let (r_groups, r_stride, r_last) = if rv == Vec4::Outer {
-            (tn / 4, 4, "n_len - 4u")
-        } else {
-            (tn, 1, "n_last")
-        };
-        for j in 0..r_groups {
-            prelude += &format!(
-                "    let rc{j} = rhs_base + {};\n",
-                axis_expr(
-                    &format!("min(col0 + lid.x * TN + {}u, {r_last})", j * r_stride),
-                    sp[3],
-                    "r_col"
-                )
-            );
-        }
+        prelude += &offsets(
+            "lr",
+            "row0 + lid.y * TM",
+            tm,
+            lv == Vec4::Outer,
+            "m",
+            format!("lhs_base + {}", axis_expr("IDX", sp[0], "l_row")),
+        );
+        prelude += &offsets(
+            "rc",
+            "col0 + lid.x * TN",
+            tn,
+            rv == Vec4::Outer,
+            "n",
+            format!("rhs_base + {}", axis_expr("IDX", sp[3], "r_col")),
+        );
         let kvar = |kk: u32| {
             if step == 1 {
                 "gk".to_string()
@@ -517,8 +518,8 @@ fn tiled_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("GRALORA_WGSL_TILED").as_deref() == Ok("1"))
 }
 
-/// `GRALORA_WGSL_SCALAR=1` keeps the direct kernel to scalar loads (to compare, and to test that
-/// form on shapes that would take `vec4` loads).
+/// `GRALORA_WGSL_SCALAR=1` keeps the direct kernel to scalar loads and stores (to compare their
+/// speed; shapes without aligned runs of four test the scalar form anyway).
 fn scalar_forced() -> bool {
     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| std::env::var("GRALORA_WGSL_SCALAR").as_deref() == Ok("1"))
