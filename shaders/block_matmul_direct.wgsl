@@ -13,6 +13,17 @@
 // (`lhs_ty` / `rhs_ty`); a run along K makes the reduction step four at a time (`k_step`). An output
 // contiguous along N in aligned fours is written four values a store (`out_ty`). (On 2 cores: 29-38 %
 // less time for GraLoRA's forward + backward than the same kernel with scalar loads.)
+// Shared loads (lavapipe): its compute lanes are consecutive invocations along x of one workgroup
+// row, 8 to a SIMD group (a subgroup), and threads of one thread row need the same lhs values,
+// threads of one thread column the same rhs values. Lanes along a thread column (`tx` = lid.y,
+// `ty` = lid.x: the hardware's x axis then runs along M) share the rhs: lane s loads only units
+// s, s + 8, ... of the thread's columns (a unit: one column, or a vec4 of four) and takes every
+// other unit with `subgroupBroadcast` from the lane that loaded it (a register shuffle there), so
+// each rhs value is loaded once per subgroup instead of once per lane. Outputs of few rows (a
+// rank side) share the lhs instead, lanes along a thread row. (On 2 cores: 17-52 % less time for
+// GraLoRA's forward + backward than every thread loading its own operands.) `lix % lanes` is the
+// lane (WGSL's `subgroup_invocation_id` is refused with a 2-D workgroup); `cube.rs` shares only
+// where the lane order is known.
 // Rows and columns past the output are clamped to the last one (the last group of four for vec4
 // reads; a valid element, whose results are never stored) and the reduction runs exactly to its
 // end, so no load needs a guard: any M, N, K works (vec4 reads only where the lengths are
@@ -29,10 +40,10 @@
 const TM: u32 = {{ tm }}u;
 const TN: u32 = {{ tn }}u;
 
-@compute @workgroup_size({{ wx }}, {{ wy }}, 1)
+@compute @workgroup_size({{ size_x }}, {{ size_y }}, 1)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,{{ subgroup_id }}
 ) {
     let m_len = info[0];
     let n_len = info[1];
@@ -58,6 +69,7 @@ fn main(
     let lhs_base = (g / info[4]) * info[5] + (g % info[4]) * info[6];
     let rhs_base = (g / info[11]) * info[12] + (g % info[11]) * info[13];
     let out_base = (g / info[18]) * info[19] + (g % info[18]) * info[20] + part * info[27];
+    {{ thread }}
     let row0 = wid.y * ({{ wy }}u * TM);
     let col0 = wid.x * ({{ wx }}u * TN);
     let m_last = max(m_len, 1u) - 1u;

@@ -32,6 +32,7 @@ fn block_matmul_matches_its_definition_on_every_map_kind() {
 
 #[test]
 fn kernel_forward_and_gradients_equal_the_composite_reference() {
+    let before = gralora::ops::shared_kernel_launches();
     // (T, in = out, r, k): tile remainders, T = 1, k up to 8, r up to 256, and the bench grid's shapes.
     let grid = [
         (1, 64, 16, 2),
@@ -50,6 +51,18 @@ fn kernel_forward_and_gradients_equal_the_composite_reference() {
         for &shape in &grid {
             assert_branch_matches_composite(name, &device, shape);
         }
+    }
+    // On lavapipe (llvmpipe's Vulkan driver) the direct kernel shared the rhs loads of the T-row
+    // products and the lhs loads of the rank-row ones over a subgroup's lanes.
+    let lavapipe = gralora::device::wgpu_adapters()
+        .iter()
+        .any(|a| a.name.starts_with("llvmpipe") && a.backend == wgpu::Backend::Vulkan);
+    if lavapipe && !gralora::device::has_gpu() {
+        let after = gralora::ops::shared_kernel_launches();
+        assert!(
+            after[0] > before[0] && after[1] > before[1],
+            "lavapipe must share lhs and rhs loads: {before:?} -> {after:?}"
+        );
     }
 }
 

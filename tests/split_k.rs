@@ -6,8 +6,6 @@
 
 mod common;
 
-use common::*;
-
 #[test]
 fn split_k_kernel_matches_the_definition_and_the_composite_gradients() {
     // SAFETY: set before any device thread exists; this binary has a single test.
@@ -16,26 +14,17 @@ fn split_k_kernel_matches_the_definition_and_the_composite_gradients() {
         std::env::set_var("GRALORA_WGSL_TILED", "1");
     }
     let before = gralora::ops::split_k_launches();
-    let gpu_devices = wgpu_devices();
-    for (name, device) in &gpu_devices {
-        for (i, spec) in map_kind_specs().iter().enumerate() {
-            assert_block_matmul_matches_definition(
-                &format!("{name} (split-K) spec {i}"),
-                device,
-                spec,
-            );
-        }
-        // K from 8 (fewer BK rounds than parts) to 2048, T = 1 included.
-        for shape in [
+    // K from 8 (fewer BK rounds than parts) to 2048, T = 1 included.
+    let ran = common::assert_kernel_form(
+        "split-K",
+        &[
             (1, 64, 16, 2),
             (77, 200, 40, 4),
             (512, 384, 32, 2),
             (2048, 384, 128, 2),
-        ] {
-            assert_branch_matches_composite(&format!("{name} (split-K)"), device, shape);
-        }
-    }
-    if !gpu_devices.is_empty() {
+        ],
+    );
+    if ran {
         assert!(
             gralora::ops::split_k_launches() > before,
             "the split-K path must have run"

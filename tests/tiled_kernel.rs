@@ -5,33 +5,23 @@
 
 mod common;
 
-use common::*;
-
 #[test]
 fn tiled_kernel_matches_the_definition_and_the_composite_gradients() {
     // SAFETY: set before any device thread exists; this binary has a single test.
     unsafe { std::env::set_var("GRALORA_WGSL_TILED", "1") };
     let before = gralora::ops::direct_kernel_launches();
-    for (name, device) in &wgpu_devices() {
-        for (i, spec) in map_kind_specs().iter().enumerate() {
-            assert_block_matmul_matches_definition(
-                &format!("{name} (tiled) spec {i}"),
-                device,
-                spec,
-            );
-        }
-        // Tile remainders (T 77 and 130, blocks of 50 and 12), T = 1, k up to 8, r up to 256, and
-        // the thin 2048-row products of the bench grid.
-        for shape in [
+    // Tile remainders (T 77 and 130, blocks of 50 and 12), T = 1, k up to 8, r up to 256, and the
+    // thin 2048-row products of the bench grid.
+    common::assert_kernel_form(
+        "tiled",
+        &[
             (1, 64, 16, 2),
             (77, 200, 40, 4),
             (130, 96, 256, 8),
             (2048, 384, 16, 2),
             (512, 1536, 32, 2),
-        ] {
-            assert_branch_matches_composite(&format!("{name} (tiled)"), device, shape);
-        }
-    }
+        ],
+    );
     assert_eq!(
         gralora::ops::direct_kernel_launches(),
         before,

@@ -209,6 +209,27 @@ pub fn assert_branch_matches_composite(
     }
 }
 
+/// For the test binaries that force one kernel form through process-wide variables: the op
+/// against its definition on every map kind and the block branch's forward and gradients against
+/// the composite at `shapes`, on the wgpu device (labelled `form`). Returns whether a wgpu device
+/// ran them (none: the machine has no adapter and wgpu tests are skipped).
+pub fn assert_kernel_form(form: &str, shapes: &[(usize, usize, usize, usize)]) -> bool {
+    let devices = wgpu_devices();
+    for (name, device) in &devices {
+        for (i, spec) in map_kind_specs().iter().enumerate() {
+            assert_block_matmul_matches_definition(
+                &format!("{name} ({form}) spec {i}"),
+                device,
+                spec,
+            );
+        }
+        for &shape in shapes {
+            assert_branch_matches_composite(&format!("{name} ({form})"), device, shape);
+        }
+    }
+    !devices.is_empty()
+}
+
 /// A scratch directory under the system temp dir, removed with everything in it when dropped
 /// (training runs write checkpoints of hundreds of MiB; nothing may pile up in /tmp).
 /// Derefs to its path.

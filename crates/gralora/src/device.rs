@@ -13,6 +13,26 @@ pub fn wgpu_adapters() -> Vec<wgpu::AdapterInfo> {
         .collect()
 }
 
+/// Whether the Vulkan adapter named `name` has subgroup operations (WGSL's `subgroupBroadcast`);
+/// the adapters are asked once per process.
+pub(crate) fn vulkan_adapter_has_subgroups(name: &str) -> bool {
+    static ADAPTERS: std::sync::OnceLock<Vec<(String, bool)>> = std::sync::OnceLock::new();
+    ADAPTERS
+        .get_or_init(|| {
+            let instance =
+                wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+            pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN))
+                .into_iter()
+                .map(|a| {
+                    let subgroups = a.features().contains(wgpu::Features::SUBGROUP);
+                    (a.get_info().name, subgroups)
+                })
+                .collect()
+        })
+        .iter()
+        .any(|(n, subgroups)| n == name && *subgroups)
+}
+
 /// Whether `device` is the CPU backend, Flex (under autodiff or not).
 pub fn is_flex(device: &Device) -> bool {
     matches!(

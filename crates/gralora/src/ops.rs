@@ -556,6 +556,15 @@ pub fn direct_kernel_launches() -> usize {
     crate::backends::cube::DIRECT_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// How many direct-kernel launches so far shared the loads of one operand over the lanes of a
+/// subgroup (lavapipe, unless `GRALORA_WGSL_NO_SHARE=1`): `[lhs shared, rhs shared, neither]`.
+/// For diagnostics and tests.
+pub fn shared_kernel_launches() -> [usize; 3] {
+    crate::backends::cube::SHARED_LAUNCHES
+        .each_ref()
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// How many WGSL launches so far cut their reduction into parts summed afterwards (split-K:
 /// on a real GPU for small outputs with long reductions, or as `GRALORA_SPLIT_K=n` forces).
 /// For diagnostics and tests.

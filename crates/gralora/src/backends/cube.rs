@@ -1,7 +1,8 @@
 //! CubeCL runtimes: the hand-written WGSL kernels where the runtime compiles WGSL (wgpu on Vulkan,
 //! Metal, DX12): `shaders/block_matmul.wgsl` (tiled through workgroup memory) on a GPU,
-//! `shaders/block_matmul_direct.wgsl` (operands read straight from storage) on a software device;
-//! their `#[cube]` twin (`cube_twin.rs`) elsewhere.
+//! `shaders/block_matmul_direct.wgsl` (operands read straight from storage; on lavapipe one
+//! operand's loads shared over a subgroup's lanes) on a software device; their `#[cube]` twin
+//! (`cube_twin.rs`) elsewhere.
 
 use burn::backend::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape};
@@ -43,7 +44,8 @@ impl Tile {
     /// the tiled kernel (2048×384×384 went from 1057 ms with scalar 4×4 tiles to 205 ms; burn's
     /// own autotuned matmul: 269 ms), and kept for the direct kernel, where ~15 other shapes
     /// (32×32, 64×16, 16×32, 8×8 blocks; 8 to 64 threads) were no faster on any product, nor
-    /// were 8 shapes re-timed once the direct kernel read `vec4`s.
+    /// were 8 shapes re-timed once the direct kernel read `vec4`s. On lavapipe the direct kernel
+    /// shares loads over a subgroup and takes [`Tile::shared`] instead.
     /// The GPU shapes are not tuned on a GPU yet.
     fn for_shape(m: usize, n: usize, software: bool) -> Self {
         let (wx, wy, tm, tn) = match (software, m, n) {
@@ -80,6 +82,36 @@ impl Tile {
             tile.wx /= 2;
         }
         tile
+    }
+
+    /// The tile and shared operand of the direct kernel where a subgroup is `lanes` consecutive
+    /// invocations along x (lavapipe). The lanes are one thread column (the hardware's x axis
+    /// laid along M) and share the rhs: each lane loads 1/lanes of the column units and takes the
+    /// rest from the lanes that loaded them; a thread covers 8 or 4 rows against 16 or 32
+    /// columns. An output of 32 rows or fewer (a rank side, as in ∂B) shares the lhs instead,
+    /// lanes along a thread row. Chosen by timing 13 tile and sharing shapes on each of
+    /// GraLoRA's six products at in 384 and 1536, r 16/32/128, k 2/4 on 2 cores: per class
+    /// (N ≤ 32; M ≤ 32; both larger) this choice was on average within 8-16 % of each product's
+    /// fastest shape, the unshared tile 32-131 % slower than it.
+    fn shared(m: usize, n: usize, lanes: u32) -> (Self, Share) {
+        if m <= 32 && n > 32 {
+            let tile = Self {
+                wx: lanes,
+                wy: 1,
+                tm: 16,
+                tn: 12,
+            };
+            (tile, Share::Lhs)
+        } else {
+            let (tm, tn) = if n <= 32 { (8, 16) } else { (4, 32) };
+            let tile = Self {
+                wx: 1,
+                wy: lanes,
+                tm,
+                tn,
+            };
+            (tile, Share::Rhs)
+        }
     }
 
     /// Bytes of workgroup memory the two tiles take.
@@ -134,6 +166,22 @@ struct BlockMatmulKernel {
     vec: [Vec4; 2],
     /// The direct kernel writes the output as `vec4`s (contiguous along N in aligned runs of 4).
     vec_out: bool,
+    /// Which operand's loads the direct kernel shares over a subgroup.
+    share: Share,
+    /// The subgroup size (where `share` is not `None`).
+    subgroup: u32,
+}
+
+/// Which operand the lanes of a subgroup load together, each lane a part, then broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Share {
+    /// Every thread loads its own operands.
+    None,
+    /// The lanes are one thread row (`wx` a multiple of the subgroup size): the same lhs rows.
+    Lhs,
+    /// The lanes are one thread column (`wy` a multiple of the subgroup size; the workgroup's x
+    /// axis then runs along M): the same rhs columns.
+    Rhs,
 }
 
 /// Along which axis the direct kernel reads an operand as `vec4`s: where that axis is contiguous
@@ -203,9 +251,13 @@ impl BlockMatmulKernel {
     /// `block_matmul_direct.wgsl` filled in: each thread's row and column offsets computed once,
     /// then per reduction step TM lhs and TN rhs values loaded from storage into the unrolled
     /// tile; four at a time (one `vec4` load) along an operand's contiguous axis where `vec`
-    /// allows, the reduction then stepping four at a time.
+    /// allows, the reduction then stepping four at a time; one operand's loads shared over a
+    /// subgroup where `share` says.
     fn direct_source(&self) -> SourceTemplate {
-        let (decl, _, mut store) = self.unrolled();
+        let (decl, _, store) = self.unrolled();
+        // The thread's position in the tile: (lid.x, lid.y), or swapped where the rhs is shared
+        // (the lanes of a subgroup run along lid.x: then they are one thread column).
+        let mut store = store.replace("lid.y", "ty").replace("lid.x", "tx");
         let Tile { tm, tn, .. } = self.tile;
         let sp = &self.splits;
         let [lv, rv] = self.vec;
@@ -219,11 +271,11 @@ impl BlockMatmulKernel {
             store.clear();
             for i in 0..tm {
                 store += &format!(
-                    "    {{\n        let gm = row0 + lid.y * TM + {i}u;\n        if (gm < m_len) {{\n"
+                    "    {{\n        let gm = row0 + ty * TM + {i}u;\n        if (gm < m_len) {{\n"
                 );
                 for q in 0..tn / 4 {
                     store += &format!(
-                        "            {{ let gn = col0 + lid.x * TN + {}u; if (gn < n_len) {{ out[(out_base + {out_row} + {out_col}) / 4u] = vec4<{elem}>(alpha * acc{i}_{q}); }} }}\n",
+                        "            {{ let gn = col0 + tx * TN + {}u; if (gn < n_len) {{ out[(out_base + {out_row} + {out_col}) / 4u] = vec4<{elem}>(alpha * acc{i}_{q}); }} }}\n",
                         4 * q
                     );
                 }
@@ -231,39 +283,6 @@ impl BlockMatmulKernel {
             }
         }
         let step = if lv == Vec4::K || rv == Vec4::K { 4 } else { 1 };
-        // Each thread's row (lhs) and column (rhs) offsets: one per row or column, or one per
-        // group of four where the operand is read as vec4s along that axis. Past the output they
-        // clamp to the last row or column (group).
-        let offsets = |name: &str, first: &str, count: u32, vec: bool, len: &str, axis: String| {
-            let (groups, per, last) = if vec {
-                (count / 4, 4, format!("{len}_len - 4u"))
-            } else {
-                (count, 1, format!("{len}_last"))
-            };
-            (0..groups)
-                .map(|i| {
-                    let index = format!("min({first} + {}u, {last})", i * per);
-                    format!("    let {name}{i} = {};\n", axis.replace("IDX", &index))
-                })
-                .collect::<String>()
-        };
-        let mut prelude = decl;
-        prelude += &offsets(
-            "lr",
-            "row0 + lid.y * TM",
-            tm,
-            lv == Vec4::Outer,
-            "m",
-            format!("lhs_base + {}", axis_expr("IDX", sp[0], "l_row")),
-        );
-        prelude += &offsets(
-            "rc",
-            "col0 + lid.x * TN",
-            tn,
-            rv == Vec4::Outer,
-            "n",
-            format!("rhs_base + {}", axis_expr("IDX", sp[3], "r_col")),
-        );
         let kvar = |kk: u32| {
             if step == 1 {
                 "gk".to_string()
@@ -271,62 +290,50 @@ impl BlockMatmulKernel {
                 format!("(gk + {kk}u)")
             }
         };
-        let mut compute = String::new();
-        // Whole-vector loads along K: four reduction steps of one row (lhs) or column (rhs).
-        if lv == Vec4::K {
-            let lc = axis_expr("gk", sp[1], "l_col");
-            for i in 0..tm {
-                compute += &format!("        let l{i} = vec4<f32>(lhs[(lr{i} + {lc}) / 4u]);\n");
-            }
+        // The subgroup size for the operand the lanes share, 0 for the other.
+        let shared = |side| if self.share == side { self.subgroup } else { 0 };
+        let sides = [
+            DirectSide {
+                buf: "lhs",
+                name: "l",
+                value: "a",
+                count: tm,
+                first: "row0 + ty * TM",
+                len: "m",
+                outer: format!("lhs_base + {}", axis_expr("IDX", sp[0], "l_row")),
+                k_split: sp[1],
+                k_name: "l_col",
+                vec: lv,
+                share: shared(Share::Lhs),
+            },
+            DirectSide {
+                buf: "rhs",
+                name: "r",
+                value: "b",
+                count: tn,
+                first: "col0 + tx * TN",
+                len: "n",
+                outer: format!("rhs_base + {}", axis_expr("IDX", sp[3], "r_col")),
+                k_split: sp[2],
+                k_name: "r_row",
+                vec: rv,
+                share: shared(Share::Rhs),
+            },
+        ];
+        let mut prelude = decl;
+        if self.share != Share::None {
+            // Lanes of a subgroup are consecutive invocations (`wx` or `wy` is a whole number of
+            // subgroups, so they share their rows or their columns).
+            prelude += &format!("    let sid = lix % {}u;\n", self.subgroup);
         }
-        if rv == Vec4::K {
-            let rr = axis_expr("gk", sp[2], "r_row");
-            for j in 0..tn {
-                compute += &format!("        let r{j} = vec4<f32>(rhs[(rc{j} + {rr}) / 4u]);\n");
-            }
+        let mut compute = String::new();
+        for side in &sides {
+            prelude += &side.offsets();
+            compute += &side.k_loads();
         }
         for kk in 0..step {
-            let lc = axis_expr(&kvar(kk), sp[1], "l_col");
-            let rr = axis_expr(&kvar(kk), sp[2], "r_row");
-            for p in 0..tm / 4 {
-                let a = match lv {
-                    Vec4::Outer => format!("vec4<f32>(lhs[(lr{p} + {lc}) / 4u])"),
-                    Vec4::K => format!(
-                        "vec4<f32>(l{}[{kk}u], l{}[{kk}u], l{}[{kk}u], l{}[{kk}u])",
-                        4 * p,
-                        4 * p + 1,
-                        4 * p + 2,
-                        4 * p + 3
-                    ),
-                    Vec4::No => format!(
-                        "vec4<f32>(f32(lhs[lr{} + {lc}]), f32(lhs[lr{} + {lc}]), f32(lhs[lr{} + {lc}]), f32(lhs[lr{} + {lc}]))",
-                        4 * p,
-                        4 * p + 1,
-                        4 * p + 2,
-                        4 * p + 3
-                    ),
-                };
-                compute += &format!("        let a{p}_{kk} = {a};\n");
-            }
-            for q in 0..tn / 4 {
-                let b = match rv {
-                    Vec4::Outer => format!("vec4<f32>(rhs[({rr} + rc{q}) / 4u])"),
-                    Vec4::K => format!(
-                        "vec4<f32>(r{}[{kk}u], r{}[{kk}u], r{}[{kk}u], r{}[{kk}u])",
-                        4 * q,
-                        4 * q + 1,
-                        4 * q + 2,
-                        4 * q + 3
-                    ),
-                    Vec4::No => format!(
-                        "vec4<f32>(f32(rhs[{rr} + rc{}]), f32(rhs[{rr} + rc{}]), f32(rhs[{rr} + rc{}]), f32(rhs[{rr} + rc{}]))",
-                        4 * q,
-                        4 * q + 1,
-                        4 * q + 2,
-                        4 * q + 3
-                    ),
-                };
-                compute += &format!("        let b{q}_{kk} = {b};\n");
+            for side in &sides {
+                compute += &side.step_values(kk, &kvar(kk));
             }
             for i in 0..tm {
                 for q in 0..tn / 4 {
@@ -356,6 +363,30 @@ impl BlockMatmulKernel {
                 ty(if self.vec_out { Vec4::Outer } else { Vec4::No }),
             )
             .register("k_step", step.to_string())
+            .register(
+                "size_x",
+                if self.share == Share::Rhs { t.wy } else { t.wx }.to_string(),
+            )
+            .register(
+                "size_y",
+                if self.share == Share::Rhs { t.wx } else { t.wy }.to_string(),
+            )
+            .register(
+                "thread",
+                if self.share == Share::Rhs {
+                    "let tx = lid.y;\n    let ty = lid.x;"
+                } else {
+                    "let tx = lid.x;\n    let ty = lid.y;"
+                },
+            )
+            .register(
+                "subgroup_id",
+                if self.share == Share::None {
+                    ""
+                } else {
+                    "\n    @builtin(local_invocation_index) lix: u32,"
+                },
+            )
             .register("wx", t.wx.to_string())
             .register("wy", t.wy.to_string())
             .register("tm", t.tm.to_string())
@@ -363,6 +394,154 @@ impl BlockMatmulKernel {
             .register("prelude", prelude)
             .register("compute", compute)
             .register("store", store)
+    }
+}
+
+/// One operand as the direct kernel reads it.
+struct DirectSide {
+    /// Its binding (`lhs` or `rhs`).
+    buf: &'static str,
+    /// Prefix of its offsets and loaded values (`l` or `r`).
+    name: &'static str,
+    /// Prefix of its per-step `vec4`s of values the multiply-adds take (`a` or `b`).
+    value: &'static str,
+    /// Rows (lhs) or columns (rhs) per thread: TM or TN.
+    count: u32,
+    /// The thread's first row or column.
+    first: &'static str,
+    /// `m` or `n`.
+    len: &'static str,
+    /// Offset of a row or column `IDX`, batch included.
+    outer: String,
+    /// Split of its reduction axis, and that axis' stride names.
+    k_split: usize,
+    k_name: &'static str,
+    vec: Vec4,
+    /// Subgroup size over which its loads are shared (0: not shared).
+    share: u32,
+}
+
+impl DirectSide {
+    /// Units a thread needs per load round (a `vec4` along M/N, or one row or column) and rows
+    /// or columns per unit.
+    fn units(&self) -> (u32, u32) {
+        if self.vec == Vec4::Outer {
+            (self.count / 4, 4)
+        } else {
+            (self.count, 1)
+        }
+    }
+
+    /// Units each lane loads when shared.
+    fn own(&self) -> u32 {
+        self.units().0.div_ceil(self.share.max(1))
+    }
+
+    /// Offsets computed once: one per unit, or, shared, one per unit this lane loads (lane s
+    /// loads units s, s + S, ...). Past the output they clamp to the last row or column (group).
+    fn offsets(&self) -> String {
+        let (units, per) = self.units();
+        let last = if per == 4 {
+            format!("{}_len - 4u", self.len)
+        } else {
+            format!("{}_last", self.len)
+        };
+        let offset = |unit: String| {
+            let index = format!("min({} + {unit} * {per}u, {last})", self.first);
+            self.outer.replace("IDX", &index)
+        };
+        if self.share > 0 {
+            (0..self.own())
+                .map(|j| {
+                    let unit = format!("min(sid + {}u, {}u)", j * self.share, units - 1);
+                    format!("    let {}s{j} = {};\n", self.name, offset(unit))
+                })
+                .collect()
+        } else {
+            (0..units)
+                .map(|u| format!("    let {}o{u} = {};\n", self.name, offset(format!("{u}u"))))
+                .collect()
+        }
+    }
+
+    /// The load of unit `u` (or of the lane's own unit `j` when shared) at reduction index `k`.
+    fn load(&self, off: &str, k: &str) -> String {
+        let kk = axis_expr(k, self.k_split, self.k_name);
+        match self.vec {
+            Vec4::No => format!("f32({}[{off} + {kk}])", self.buf),
+            _ => format!("vec4<f32>({}[({off} + {kk}) / 4u])", self.buf),
+        }
+    }
+
+    /// Unit `u` of the round: loaded by this thread, or broadcast from the lane that loaded it.
+    fn unit(&self, u: u32, suffix: &str) -> String {
+        // Lane s loaded units s, s + S, ...: unit u is the lane's (u / S)-th, on lane u % S.
+        match (u.checked_div(self.share), u.checked_rem(self.share)) {
+            (Some(own), Some(lane)) => {
+                format!("subgroupBroadcast({}k{own}{suffix}, {lane}u)", self.name)
+            }
+            _ => format!("{}u{u}{suffix}", self.name),
+        }
+    }
+
+    /// Loads made once per four reduction steps (a `vec4` along K per row or column).
+    fn k_loads(&self) -> String {
+        if self.vec != Vec4::K {
+            return String::new();
+        }
+        let mut code = self.round_loads("", "gk");
+        for u in 0..self.count {
+            code += &format!("        let {}{u} = {};\n", self.name, self.unit(u, ""));
+        }
+        code
+    }
+
+    /// One round's loads: every unit, or the lane's own when shared.
+    fn round_loads(&self, suffix: &str, k: &str) -> String {
+        if self.share > 0 {
+            (0..self.own())
+                .map(|j| {
+                    let load = self.load(&format!("{}s{j}", self.name), k);
+                    format!("        let {}k{j}{suffix} = {load};\n", self.name)
+                })
+                .collect()
+        } else {
+            (0..self.units().0)
+                .map(|u| {
+                    let load = self.load(&format!("{}o{u}", self.name), k);
+                    format!("        let {}u{u}{suffix} = {load};\n", self.name)
+                })
+                .collect()
+        }
+    }
+
+    /// The `vec4`s of reduction step `kk` (index expression `k`) the multiply-adds take.
+    fn step_values(&self, kk: u32, k: &str) -> String {
+        let suffix = format!("_{kk}");
+        let mut code = if self.vec == Vec4::K {
+            String::new()
+        } else {
+            self.round_loads(&suffix, k)
+        };
+        for p in 0..self.count / 4 {
+            let v = match self.vec {
+                Vec4::Outer => self.unit(p, &suffix),
+                Vec4::K => {
+                    let n = self.name;
+                    let (a, b, c, d) = (4 * p, 4 * p + 1, 4 * p + 2, 4 * p + 3);
+                    format!("vec4<f32>({n}{a}[{kk}u], {n}{b}[{kk}u], {n}{c}[{kk}u], {n}{d}[{kk}u])")
+                }
+                Vec4::No => format!(
+                    "vec4<f32>({}, {}, {}, {})",
+                    self.unit(4 * p, &suffix),
+                    self.unit(4 * p + 1, &suffix),
+                    self.unit(4 * p + 2, &suffix),
+                    self.unit(4 * p + 3, &suffix)
+                ),
+            };
+            code += &format!("        let {}{p}{suffix} = {v};\n", self.value);
+        }
+        code
     }
 }
 
@@ -570,6 +749,40 @@ fn vec_out(spec: &BlockMatmul) -> bool {
 pub(crate) static DIRECT_LAUNCHES: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
+/// Launches so far that shared lhs loads, rhs loads, or neither, over a subgroup.
+pub(crate) static SHARED_LAUNCHES: [std::sync::atomic::AtomicUsize; 3] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
+
+/// `GRALORA_WGSL_NO_SHARE=1` keeps every thread of the direct kernel to its own loads (to compare
+/// speeds, and to test that form on lavapipe).
+fn no_share_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("GRALORA_WGSL_NO_SHARE").as_deref() == Ok("1"))
+}
+
+/// The lanes of one subgroup on a device where the direct kernel shares loads across them:
+/// lavapipe (llvmpipe), whose compute shaders run a workgroup row's invocations along x in
+/// groups of its SIMD width (Mesa's `lp_state_cs.c`), that width being the one subgroup size its
+/// adapter reports, with subgroup operations on. Other software devices (whose lane order is not
+/// known here) and GPUs: none.
+fn shared_lanes(properties: &burn_cubecl::cubecl::ir::DeviceProperties) -> Option<u32> {
+    let (lo, hi) = (
+        properties.hardware.plane_size_min,
+        properties.hardware.plane_size_max,
+    );
+    let name = &properties.identity.name;
+    (!no_share_forced()
+        && lo == hi
+        && (4..=16).contains(&lo)
+        && lo.is_power_of_two()
+        && name.starts_with("llvmpipe")
+        && crate::device::vulkan_adapter_has_subgroups(name))
+    .then_some(lo)
+}
+
 /// `GRALORA_SPLIT_K=n`: n parts for every product (read once; a value that is no count is
 /// reported on stderr once and ignored).
 fn forced_split_k() -> Option<usize> {
@@ -683,7 +896,16 @@ impl BlockMatmulOps for CubeBackend {
         let software = properties.identity.physical.is_none();
         // A software device reads the operands straight from storage (no workgroup memory).
         let direct = software && !tiled_forced();
-        let tile = Tile::for_shape(spec.m, spec.n, software);
+        // Lanes that can share loads (lavapipe), and the tile and operand they share.
+        let lanes = if direct {
+            shared_lanes(properties)
+        } else {
+            None
+        };
+        let (tile, share) = match lanes {
+            Some(lanes) => Tile::shared(spec.m, spec.n, lanes),
+            None => (Tile::for_shape(spec.m, spec.n, software), Share::None),
+        };
         let tile = if direct {
             tile
         } else {
@@ -692,6 +914,12 @@ impl BlockMatmulOps for CubeBackend {
         if direct {
             DIRECT_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        match share {
+            Share::Lhs => &SHARED_LAUNCHES[0],
+            Share::Rhs => &SHARED_LAUNCHES[1],
+            Share::None => &SHARED_LAUNCHES[2],
+        }
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let kernel = BlockMatmulKernel {
             f16,
             splits: splits(&spec),
@@ -705,6 +933,8 @@ impl BlockMatmulOps for CubeBackend {
                 [Vec4::No; 2]
             },
             vec_out: direct && !scalar_forced() && vec_out(&spec),
+            share,
+            subgroup: lanes.unwrap_or(0),
         };
         // Split-K: chunks of whole BK rounds; each part writes its partial output into its own
         // slice of one `[parts, len]` buffer, summed below.
@@ -736,11 +966,12 @@ impl BlockMatmulOps for CubeBackend {
             target.handle.clone().binding(),
             info.binding(),
         ]);
-        client.launch(
-            Box::new(SourceKernel::new(kernel, CubeDim::new_2d(tile.wx, tile.wy))),
-            count,
-            args,
-        );
+        let dim = if share == Share::Rhs {
+            CubeDim::new_2d(tile.wy, tile.wx)
+        } else {
+            CubeDim::new_2d(tile.wx, tile.wy)
+        };
+        client.launch(Box::new(SourceKernel::new(kernel, dim)), count, args);
         if parts == 1 {
             return target;
         }
@@ -796,16 +1027,32 @@ mod tests {
                     } else {
                         &[[Vec4::No, Vec4::No]]
                     };
-                    for &vec in vecs {
+                    let shares: &[Share] = if direct {
+                        &[Share::None, Share::Lhs, Share::Rhs]
+                    } else {
+                        &[Share::None]
+                    };
+                    for (&vec, &share) in
+                        vecs.iter().flat_map(|v| shares.iter().map(move |s| (v, s)))
+                    {
+                        let mut tile = Tile::for_shape(m, n, software);
+                        if share == Share::Lhs {
+                            tile.wx = 8;
+                        }
+                        if share == Share::Rhs {
+                            tile.wy = 8;
+                        }
                         let kernel = BlockMatmulKernel {
                             f16,
                             splits,
-                            tile: Tile::for_shape(m, n, software),
+                            tile,
                             lhs_k_fast: k_fast,
                             rhs_k_fast: !k_fast,
                             direct,
                             vec,
                             vec_out: direct && vec[1] != Vec4::K,
+                            share,
+                            subgroup: 8,
                         };
                         let source = kernel.source().complete();
                         let module =
@@ -880,6 +1127,35 @@ mod tests {
         // Software devices and f16 never split.
         assert_eq!(parts(&grad_a, true, false), 1);
         assert_eq!(parts(&grad_a, false, true), 1);
+    }
+
+    /// The shared-load tiles keep a subgroup's lanes on one thread row (lhs shared) or one thread
+    /// column (rhs shared, the hardware's x axis then running along M), and their register blocks
+    /// in whole `vec4`s.
+    #[test]
+    fn shared_tiles_keep_a_subgroup_on_one_thread_row_or_column() {
+        for lanes in [4, 8, 16] {
+            for (m, n) in [
+                (2048, 16),
+                (2048, 32),
+                (2048, 768),
+                (16, 768),
+                (32, 96),
+                (1, 1),
+            ] {
+                let (t, share) = Tile::shared(m, n, lanes);
+                assert!(t.tm % 4 == 0 && t.tn % 4 == 0, "{t:?}");
+                match share {
+                    Share::Lhs => assert_eq!(t.wx % lanes, 0, "{m}x{n}: {t:?}"),
+                    Share::Rhs => assert_eq!(t.wy % lanes, 0, "{m}x{n}: {t:?}"),
+                    Share::None => panic!("{m}x{n}: nothing shared"),
+                }
+            }
+        }
+        // A rank-sized row count shares the lhs; GraLoRA's T-row products share the rhs.
+        assert_eq!(Tile::shared(16, 768, 8).1, Share::Lhs);
+        assert_eq!(Tile::shared(2048, 16, 8).1, Share::Rhs);
+        assert_eq!(Tile::shared(2048, 768, 8).1, Share::Rhs);
     }
 
     #[test]
