@@ -267,11 +267,12 @@ impl AsRef<std::ffi::OsStr> for Scratch {
 }
 
 /// Block matmuls over every kind of operand map: contiguous; GraLoRA's regrouped read (split lhs
-/// columns), a transposed read and a strided write; two-level batch indices on every operand
-/// (attention's (sequence, head) pairs). Every operand is 3-D, the output 3-D or 2-D.
+/// columns), a transposed read and a strided write; that product's lhs gradient (the regrouped
+/// write: split output columns); two-level batch indices on every operand (attention's
+/// (sequence, head) pairs). Every operand is 3-D, the output 3-D or 2-D.
 pub fn map_kind_specs() -> Vec<BlockMatmul> {
     let (g, m, n, k) = (3, 10, 7, 12);
-    vec![
+    let mut specs = vec![
         BlockMatmul {
             alpha: 0.5,
             ..BlockMatmul::batched(g, m, n, k)
@@ -326,7 +327,13 @@ pub fn map_kind_specs() -> Vec<BlockMatmul> {
             lhs_shape: vec![2, m, 12],
             rhs_shape: vec![2, n, 12],
         },
-    ]
+    ];
+    // The regrouped read's lhs gradient: its output columns split in runs of 4. As a 3-D
+    // product: its lhs (the read's output) viewed as [1, m, g·n].
+    let mut write = specs[1].grad_lhs();
+    write.lhs_shape = vec![1, m, g * n];
+    specs.push(write);
+    specs
 }
 
 /// `spec` on `device` against its f64 definition ([`BlockMatmul::reference`]).
@@ -339,10 +346,40 @@ pub fn assert_block_matmul_matches_definition(what: &str, device: &Device, spec:
     let l: Tensor<3> = tensor(&lhs, dims3(&spec.lhs_shape), device);
     let r: Tensor<3> = tensor(&rhs, dims3(&spec.rhs_shape), device);
     let got = if spec.out_shape.len() == 3 {
-        host(gralora::ops::block_matmul::<3, 3, 3>(l, r, spec.clone()))
+        host(gralora::ops::block_matmul::<3, 3, 3>(
+            l.clone(),
+            r.clone(),
+            spec.clone(),
+        ))
     } else {
-        host(gralora::ops::block_matmul::<3, 3, 2>(l, r, spec.clone()))
+        host(gralora::ops::block_matmul::<3, 3, 2>(
+            l.clone(),
+            r.clone(),
+            spec.clone(),
+        ))
     };
     let e = rel(&got, &want);
     assert!(e < 1e-5, "{what}: rel err {e}");
+    // The same product added to an accumulator.
+    let acc = rng.vec(want.len());
+    let want: Vec<f32> = acc.iter().zip(&want).map(|(a, w)| a + w).collect();
+    let got = if spec.out_shape.len() == 3 {
+        let acc = tensor(&acc, dims3(&spec.out_shape), device);
+        host(gralora::ops::block_matmul_acc::<3, 3, 3>(
+            acc,
+            l,
+            r,
+            spec.clone(),
+        ))
+    } else {
+        let acc = tensor(&acc, [spec.out_shape[0], spec.out_shape[1]], device);
+        host(gralora::ops::block_matmul_acc::<3, 3, 2>(
+            acc,
+            l,
+            r,
+            spec.clone(),
+        ))
+    };
+    let e = rel(&got, &want);
+    assert!(e < 1e-5, "{what} with an accumulator: rel err {e}");
 }

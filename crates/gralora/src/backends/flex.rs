@@ -2,7 +2,10 @@
 //!
 //! Along every axis the operand maps are affine inside runs of `split` indices, so the index space
 //! cuts into rectangles where all three operands are plain strided matrices; each rectangle is one
-//! `gemm` call (GraLoRA's regrouped product is k such calls per block, not a copy).
+//! `gemm` call (GraLoRA's regrouped product is k such calls per block, not a copy). Where the runs
+//! along K or N are short (under 16 on average: r/k = 4 or 8), a piece of rows instead copies its
+//! operands contiguously, run by run, and makes one `gemm` over all of K and N (then copies its
+//! result out through a split output map): fewer, larger calls.
 
 use burn::backend::Flex;
 use burn::backend::ops::FloatTensorOps;
@@ -227,10 +230,18 @@ unsafe fn run_f32(spec: &BlockMatmul, lhs: &[f32], rhs: &[f32], out: *mut f32, a
     // overlap (the output map is one-to-one), so they run in parallel. GraLoRA's products are
     // several thin GEMMs (N or K = r/k), which the gemm crate's own threading splits poorly;
     // rows cut into pieces give every core whole single-threaded GEMMs instead.
+    // Runs that short along K or N would make many small GEMMs (GraLoRA's regrouped products
+    // at k = 4: runs of r/k): each rectangle then packs its operands (and, with N cut into runs,
+    // its output) contiguously and makes one GEMM over all of K and N.
+    let short =
+        |runs: &[(usize, usize)], len: usize| runs.len() > 1 && len < PACK_BELOW * runs.len();
+    let pack = short(&k_runs, spec.k) || short(&n_runs, spec.n);
+    let full_n = [(0, spec.n)];
+    let n_rects: &[(usize, usize)] = if pack { &full_n } else { &n_runs };
     let mut rects = Vec::new();
     for g in 0..spec.g {
         for &(m0, m1) in &m_runs {
-            for &(n0, n1) in &n_runs {
+            for &(n0, n1) in n_rects {
                 rects.push((g, m0, m1, n0, n1));
             }
         }
@@ -261,65 +272,68 @@ unsafe fn run_f32(spec: &BlockMatmul, lhs: &[f32], rhs: &[f32], out: *mut f32, a
             .collect();
     }
     let out = SendPtr(out);
+    // One GEMM `dst (+)= alpha · l · r` over (rows, columns, K), each operand a pointer with its
+    // row and column strides.
+    // SAFETY (callers): every element the sizes and strides reach lies inside its buffer, and
+    // `dst` is written by this call alone.
+    let sgemm = |(m, n, k): (usize, usize, usize),
+                 l: Strided<*const f32>,
+                 r: Strided<*const f32>,
+                 dst: Strided<*mut f32>,
+                 read_dst: bool| unsafe {
+        if blas.is_some_and(|blas| blas.sgemm((m, n, k), spec.alpha, l, r, dst, read_dst)) {
+            return;
+        }
+        let threads = if gemm_threads {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        gemm::gemm(
+            m, n, k, dst.0, dst.2, dst.1, read_dst, l.0, l.2, l.1, r.0, r.2, r.1, 1.0f32,
+            spec.alpha, false, false, false, threads,
+        );
+    };
     let rect = |&(g, m0, m1, n0, n1): &(usize, usize, usize, usize, usize)| {
+        if pack {
+            return packed_rect(
+                spec,
+                lhs,
+                rhs,
+                out,
+                accumulate,
+                (g, m0, m1),
+                &k_runs,
+                &n_runs,
+                &sgemm,
+            );
+        }
         let dst = spec.out.offset(g, m0, n0);
         for (ki, &(k0, k1)) in k_runs.iter().enumerate() {
             let l = spec.lhs.offset(g, m0, k0);
             let r = spec.rhs.offset(g, k0, n0);
-            let read_dst = accumulate || ki > 0;
             // SAFETY: every offset reached by (m, n, k) in these runs lies inside its buffer
             // (the maps cover their tensors, checked by `BlockMatmul::check`); rectangles are
             // disjoint in the output, and the caller gives `out` exclusively.
             unsafe {
-                let done = blas.is_some_and(|blas| {
-                    blas.sgemm(
-                        (m1 - m0, n1 - n0, k1 - k0),
-                        spec.alpha,
-                        (
-                            lhs.as_ptr().add(l),
-                            spec.lhs.row.lo as isize,
-                            spec.lhs.col.lo as isize,
-                        ),
-                        (
-                            rhs.as_ptr().add(r),
-                            spec.rhs.row.lo as isize,
-                            spec.rhs.col.lo as isize,
-                        ),
-                        (
-                            out.get().add(dst),
-                            spec.out.row.lo as isize,
-                            spec.out.col.lo as isize,
-                        ),
-                        read_dst,
-                    )
-                });
-                if done {
-                    continue;
-                }
-                gemm::gemm(
-                    m1 - m0,
-                    n1 - n0,
-                    k1 - k0,
-                    out.get().add(dst),
-                    spec.out.col.lo as isize,
-                    spec.out.row.lo as isize,
-                    read_dst,
-                    lhs.as_ptr().add(l),
-                    spec.lhs.col.lo as isize,
-                    spec.lhs.row.lo as isize,
-                    rhs.as_ptr().add(r),
-                    spec.rhs.col.lo as isize,
-                    spec.rhs.row.lo as isize,
-                    1.0f32,
-                    spec.alpha,
-                    false,
-                    false,
-                    false,
-                    if gemm_threads {
-                        gemm::Parallelism::Rayon(0)
-                    } else {
-                        gemm::Parallelism::None
-                    },
+                sgemm(
+                    (m1 - m0, n1 - n0, k1 - k0),
+                    (
+                        lhs.as_ptr().add(l),
+                        spec.lhs.row.lo as isize,
+                        spec.lhs.col.lo as isize,
+                    ),
+                    (
+                        rhs.as_ptr().add(r),
+                        spec.rhs.row.lo as isize,
+                        spec.rhs.col.lo as isize,
+                    ),
+                    (
+                        out.get().add(dst),
+                        spec.out.row.lo as isize,
+                        spec.out.col.lo as isize,
+                    ),
+                    accumulate || ki > 0,
                 );
             }
         }
@@ -328,6 +342,112 @@ unsafe fn run_f32(spec: &BlockMatmul, lhs: &[f32], rhs: &[f32], out: *mut f32, a
         rects.par_iter().for_each(rect);
     } else {
         rects.iter().for_each(rect);
+    }
+}
+
+/// A matrix operand: its first element and its row and column strides.
+type Strided<P> = (P, isize, isize);
+
+/// One GEMM `dst (+)= alpha · l · r`: (rows, columns, K), l, r, dst, whether dst is read.
+type Sgemm<'a> = dyn Fn((usize, usize, usize), Strided<*const f32>, Strided<*const f32>, Strided<*mut f32>, bool)
+    + Sync
+    + 'a;
+
+/// Runs shorter than this on average along K or N make a rectangle pack its operands.
+const PACK_BELOW: usize = 16;
+
+/// Rows `m0..m1` of batch `g` over all of K and N as one GEMM: the lhs rows and the rhs copied
+/// contiguously run by run, the product written straight through the output map when it is
+/// one run along N, else into a scratch block then copied (or added) run by run.
+#[allow(clippy::too_many_arguments)]
+fn packed_rect(
+    spec: &BlockMatmul,
+    lhs: &[f32],
+    rhs: &[f32],
+    out: SendPtr,
+    accumulate: bool,
+    (g, m0, m1): (usize, usize, usize),
+    k_runs: &[(usize, usize)],
+    n_runs: &[(usize, usize)],
+    sgemm: &Sgemm<'_>,
+) {
+    let (rows, n, k) = (m1 - m0, spec.n, spec.k);
+    // An operand that is one run along K (and, the rhs, along N) is read in place.
+    let l_packed;
+    let packed_l = if k_runs.len() == 1 {
+        // SAFETY: the rows lie in one run of the lhs' row axis, K in one run of its columns.
+        let base = unsafe { lhs.as_ptr().add(spec.lhs.offset(g, m0, 0)) };
+        (base, spec.lhs.row.lo as isize, spec.lhs.col.lo as isize)
+    } else {
+        let mut l = vec![0f32; rows * k];
+        for (i, row) in l.chunks_exact_mut(k).enumerate() {
+            for &(k0, k1) in k_runs {
+                let base = spec.lhs.offset(g, m0 + i, k0);
+                let lo = spec.lhs.col.lo;
+                for (j, v) in row[k0..k1].iter_mut().enumerate() {
+                    *v = lhs[base + j * lo];
+                }
+            }
+        }
+        l_packed = l;
+        (l_packed.as_ptr(), k as isize, 1)
+    };
+    let r_packed;
+    let packed_r = if k_runs.len() == 1 && spec.rhs.col.run_end(0, n) == n {
+        // SAFETY: K in one run of the rhs' row axis, N in one run of its columns.
+        let base = unsafe { rhs.as_ptr().add(spec.rhs.offset(g, 0, 0)) };
+        (base, spec.rhs.row.lo as isize, spec.rhs.col.lo as isize)
+    } else {
+        let mut r = vec![0f32; k * n];
+        for (kk, row) in r.chunks_exact_mut(n).enumerate() {
+            for &(n0, n1) in n_runs {
+                let base = spec.rhs.offset(g, kk, n0);
+                let lo = spec.rhs.col.lo;
+                for (j, v) in row[n0..n1].iter_mut().enumerate() {
+                    *v = rhs[base + j * lo];
+                }
+            }
+        }
+        r_packed = r;
+        (r_packed.as_ptr(), n as isize, 1)
+    };
+    let (o_row, o_col) = (spec.out.row.lo as isize, spec.out.col.lo as isize);
+    if n_runs.len() == 1 {
+        // SAFETY: the rectangle's rows lie in one run of the output's row axis and N in one run
+        // of its column axis, so these strides reach exactly its elements, which no other
+        // rectangle writes.
+        unsafe {
+            let dst = out.get().add(spec.out.offset(g, m0, 0));
+            sgemm(
+                (rows, n, k),
+                packed_l,
+                packed_r,
+                (dst, o_row, o_col),
+                accumulate,
+            );
+        }
+        return;
+    }
+    let mut o = vec![0f32; rows * n];
+    sgemm(
+        (rows, n, k),
+        packed_l,
+        packed_r,
+        (o.as_mut_ptr(), n as isize, 1),
+        false,
+    );
+    for (i, row) in o.chunks_exact(n).enumerate() {
+        for &(n0, n1) in n_runs {
+            let base = spec.out.offset(g, m0 + i, n0);
+            for (j, v) in row[n0..n1].iter().enumerate() {
+                // SAFETY: an element of this rectangle's rows (the map is one-to-one, so no other
+                // rectangle writes it).
+                unsafe {
+                    let d = out.get().add(base + j * spec.out.col.lo);
+                    *d = if accumulate { *d + v } else { *v };
+                }
+            }
+        }
     }
 }
 
