@@ -85,8 +85,12 @@ fn main(
     let out_base = (g / info[18]) * info[19] + (g % info[18]) * info[20] + part * info[27];
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
-    let a_off = lid.y * (TM / 4u);
-    let b_off = lid.x * (TN / 4u);
+    // The thread's block in the tile (named as in `block_matmul_direct.wgsl`, whose stores these
+    // share).
+    let tx = lid.x;
+    let ty = lid.y;
+    let a_off = ty * (TM / 4u);
+    let b_off = tx * (TN / 4u);
 
 {{ acc_decl }}
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {

@@ -336,50 +336,42 @@ pub fn map_kind_specs() -> Vec<BlockMatmul> {
     specs
 }
 
-/// `spec` on `device` against its f64 definition ([`BlockMatmul::reference`]).
+/// `spec` on `device` against its f64 definition ([`BlockMatmul::reference`]), alone and added to
+/// an accumulator.
 pub fn assert_block_matmul_matches_definition(what: &str, device: &Device, spec: &BlockMatmul) {
     let mut rng = Rng::new(spec.g as u64 + 7 * spec.k as u64);
     let lhs = rng.vec(spec.lhs_shape.iter().product());
     let rhs = rng.vec(spec.rhs_shape.iter().product());
     let want = spec.reference(&lhs, &rhs);
-    let dims3 = |s: &[usize]| [s[0], s[1], s[2]];
-    let l: Tensor<3> = tensor(&lhs, dims3(&spec.lhs_shape), device);
-    let r: Tensor<3> = tensor(&rhs, dims3(&spec.rhs_shape), device);
-    let got = if spec.out_shape.len() == 3 {
-        host(gralora::ops::block_matmul::<3, 3, 3>(
-            l.clone(),
-            r.clone(),
-            spec.clone(),
-        ))
-    } else {
-        host(gralora::ops::block_matmul::<3, 3, 2>(
-            l.clone(),
-            r.clone(),
-            spec.clone(),
-        ))
-    };
-    let e = rel(&got, &want);
-    assert!(e < 1e-5, "{what}: rel err {e}");
-    // The same product added to an accumulator.
     let acc = rng.vec(want.len());
-    let want: Vec<f32> = acc.iter().zip(&want).map(|(a, w)| a + w).collect();
-    let got = if spec.out_shape.len() == 3 {
-        let acc = tensor(&acc, dims3(&spec.out_shape), device);
-        host(gralora::ops::block_matmul_acc::<3, 3, 3>(
-            acc,
-            l,
-            r,
-            spec.clone(),
-        ))
-    } else {
-        let acc = tensor(&acc, [spec.out_shape[0], spec.out_shape[1]], device);
-        host(gralora::ops::block_matmul_acc::<3, 3, 2>(
-            acc,
-            l,
-            r,
-            spec.clone(),
-        ))
+    let want_acc: Vec<f32> = acc.iter().zip(&want).map(|(a, w)| a + w).collect();
+    let run = |acc: Option<&[f32]>| match spec.out_shape.len() {
+        3 => block_product::<3>(device, spec, &lhs, &rhs, acc),
+        _ => block_product::<2>(device, spec, &lhs, &rhs, acc),
     };
-    let e = rel(&got, &want);
+    let e = rel(&run(None), &want);
+    assert!(e < 1e-5, "{what}: rel err {e}");
+    let e = rel(&run(Some(&acc)), &want_acc);
     assert!(e < 1e-5, "{what} with an accumulator: rel err {e}");
+}
+
+/// `spec` (3-D operands, a `DO`-dimensional output) on `device`, added to `acc` when given.
+fn block_product<const DO: usize>(
+    device: &Device,
+    spec: &BlockMatmul,
+    lhs: &[f32],
+    rhs: &[f32],
+    acc: Option<&[f32]>,
+) -> Vec<f32> {
+    let dims3 = |s: &[usize]| [s[0], s[1], s[2]];
+    let l: Tensor<3> = tensor(lhs, dims3(&spec.lhs_shape), device);
+    let r: Tensor<3> = tensor(rhs, dims3(&spec.rhs_shape), device);
+    host(match acc {
+        None => gralora::ops::block_matmul::<3, 3, DO>(l, r, spec.clone()),
+        Some(acc) => {
+            let out: [usize; DO] = spec.out_shape.clone().try_into().expect("output rank");
+            let acc = tensor(acc, out, device);
+            gralora::ops::block_matmul_acc::<3, 3, DO>(acc, l, r, spec.clone())
+        }
+    })
 }

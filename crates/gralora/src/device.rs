@@ -6,11 +6,16 @@ use crate::AdapterError;
 
 /// The wgpu adapters present (any backend wgpu was built with), without initialising burn's runtime.
 pub fn wgpu_adapters() -> Vec<wgpu::AdapterInfo> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-        .into_iter()
+    adapters(wgpu::Backends::all())
+        .iter()
         .map(|a| a.get_info())
         .collect()
+}
+
+/// The wgpu adapters of `backends`.
+fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    pollster::block_on(instance.enumerate_adapters(backends))
 }
 
 /// Whether the Vulkan adapter named `name` has subgroup operations (WGSL's `subgroupBroadcast`);
@@ -19,9 +24,7 @@ pub(crate) fn vulkan_adapter_has_subgroups(name: &str) -> bool {
     static ADAPTERS: std::sync::OnceLock<Vec<(String, bool)>> = std::sync::OnceLock::new();
     ADAPTERS
         .get_or_init(|| {
-            let instance =
-                wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-            pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN))
+            adapters(wgpu::Backends::VULKAN)
                 .into_iter()
                 .map(|a| {
                     let subgroups = a.features().contains(wgpu::Features::SUBGROUP);

@@ -557,9 +557,9 @@ pub fn direct_kernel_launches() -> usize {
 }
 
 /// How many direct-kernel launches so far shared the loads of one operand over the lanes of a
-/// subgroup (lavapipe, unless `GRALORA_WGSL_NO_SHARE=1`): `[lhs shared, rhs shared, neither]`.
-/// For diagnostics and tests.
-pub fn shared_kernel_launches() -> [usize; 3] {
+/// subgroup (lavapipe, unless `GRALORA_WGSL_NO_SHARE=1`): `[lhs shared, rhs shared]`. For
+/// diagnostics and tests.
+pub fn shared_kernel_launches() -> [usize; 2] {
     crate::backends::cube::SHARED_LAUNCHES
         .each_ref()
         .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))

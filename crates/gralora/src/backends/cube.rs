@@ -207,45 +207,75 @@ fn axis_expr(var: &str, split: usize, name: &str) -> String {
 }
 
 impl BlockMatmulKernel {
-    fn unrolled(&self) -> (String, String, String) {
+    /// The unrolled accumulators: `acc{i}_{q}` is row i of the thread's block, columns 4q..4q+4.
+    fn acc_decl(&self) -> String {
         let Tile { tm, tn, .. } = self.tile;
-        let elem = if self.f16 { "f16" } else { "f32" };
-        let (av, bv) = (tm / 4, tn / 4);
-        let mut decl = String::new();
+        (0..tm)
+            .flat_map(|i| {
+                (0..tn / 4).map(move |q| format!("    var acc{i}_{q} = vec4<f32>(0.0);\n"))
+            })
+            .collect()
+    }
+
+    /// The tiled kernel's multiply-adds over one workgroup-memory step.
+    fn tiled_compute(&self) -> String {
+        let Tile { tm, tn, .. } = self.tile;
         let mut compute = String::new();
-        let mut store = String::new();
-        for p in 0..av {
+        for p in 0..tm / 4 {
             compute += &format!("            let a{p} = a_tile[a_row + {p}u];\n");
         }
-        for q in 0..bv {
+        for q in 0..tn / 4 {
             compute += &format!("            let b{q} = b_tile[b_row + {q}u];\n");
         }
-        // acc{i}_{q}: row i of the thread's block, columns 4q..4q+4.
         for i in 0..tm {
-            for q in 0..bv {
-                decl += &format!("    var acc{i}_{q} = vec4<f32>(0.0);\n");
+            for q in 0..tn / 4 {
                 compute += &format!("            acc{i}_{q} += a{}[{}u] * b{q};\n", i / 4, i % 4);
             }
         }
+        compute
+    }
+
+    /// The stores of the thread's block (at tile position `tx`, `ty`), guarded at the output's
+    /// edges: four values a store where `vec4` (N a multiple of 4, so a group of four columns is
+    /// all in or all out), else one.
+    fn store(&self, vec4: bool) -> String {
+        let Tile { tm, tn, .. } = self.tile;
+        let elem = if self.f16 { "f16" } else { "f32" };
         let (out_row, out_col) = (
             axis_expr("gm", self.splits[4], "o_row"),
             axis_expr("gn", self.splits[5], "o_col"),
         );
+        let at = format!("out_base + {out_row} + {out_col}");
+        let mut store = String::new();
         for i in 0..tm {
             store += &format!(
-                "    {{\n        let gm = row0 + lid.y * TM + {i}u;\n        if (gm < m_len) {{\n"
+                "    {{\n        let gm = row0 + ty * TM + {i}u;\n        if (gm < m_len) {{\n"
             );
-            for q in 0..bv {
-                for c in 0..4 {
+            for q in 0..tn / 4 {
+                let stores: Vec<(u32, String)> = if vec4 {
+                    vec![(
+                        4 * q,
+                        format!("out[({at}) / 4u] = vec4<{elem}>(alpha * acc{i}_{q});"),
+                    )]
+                } else {
+                    (0..4)
+                        .map(|c| {
+                            (
+                                4 * q + c,
+                                format!("out[{at}] = {elem}(alpha * acc{i}_{q}[{c}u]);"),
+                            )
+                        })
+                        .collect()
+                };
+                for (col, write) in stores {
                     store += &format!(
-                        "            {{ let gn = col0 + lid.x * TN + {}u; if (gn < n_len) {{ out[out_base + {out_row} + {out_col}] = {elem}(alpha * acc{i}_{q}[{c}u]); }} }}\n",
-                        4 * q + c
+                        "            {{ let gn = col0 + tx * TN + {col}u; if (gn < n_len) {{ {write} }} }}\n"
                     );
                 }
             }
             store += "        }\n    }\n";
         }
-        (decl, compute, store)
+        store
     }
 
     /// `block_matmul_direct.wgsl` filled in: each thread's row and column offsets computed once,
@@ -254,34 +284,10 @@ impl BlockMatmulKernel {
     /// allows, the reduction then stepping four at a time; one operand's loads shared over a
     /// subgroup where `share` says.
     fn direct_source(&self) -> SourceTemplate {
-        let (decl, _, store) = self.unrolled();
-        // The thread's position in the tile: (lid.x, lid.y), or swapped where the rhs is shared
-        // (the lanes of a subgroup run along lid.x: then they are one thread column).
-        let mut store = store.replace("lid.y", "ty").replace("lid.x", "tx");
         let Tile { tm, tn, .. } = self.tile;
         let sp = &self.splits;
         let [lv, rv] = self.vec;
         let elem = if self.f16 { "f16" } else { "f32" };
-        if self.vec_out {
-            // Four columns a store: N is a multiple of 4, so a group is all in or all out.
-            let (out_row, out_col) = (
-                axis_expr("gm", sp[4], "o_row"),
-                axis_expr("gn", sp[5], "o_col"),
-            );
-            store.clear();
-            for i in 0..tm {
-                store += &format!(
-                    "    {{\n        let gm = row0 + ty * TM + {i}u;\n        if (gm < m_len) {{\n"
-                );
-                for q in 0..tn / 4 {
-                    store += &format!(
-                        "            {{ let gn = col0 + tx * TN + {}u; if (gn < n_len) {{ out[(out_base + {out_row} + {out_col}) / 4u] = vec4<{elem}>(alpha * acc{i}_{q}); }} }}\n",
-                        4 * q
-                    );
-                }
-                store += "        }\n    }\n";
-            }
-        }
         let step = if lv == Vec4::K || rv == Vec4::K { 4 } else { 1 };
         let kvar = |kk: u32| {
             if step == 1 {
@@ -320,7 +326,7 @@ impl BlockMatmulKernel {
                 share: shared(Share::Rhs),
             },
         ];
-        let mut prelude = decl;
+        let mut prelude = self.acc_decl();
         if self.share != Share::None {
             // Lanes of a subgroup are consecutive invocations (`wx` or `wy` is a whole number of
             // subgroups, so they share their rows or their columns).
@@ -371,6 +377,8 @@ impl BlockMatmulKernel {
                 "size_y",
                 if self.share == Share::Rhs { t.wx } else { t.wy }.to_string(),
             )
+            // The thread's block in the tile: swapped where the rhs is shared (a subgroup's lanes
+            // run along lid.x, so they are then one thread column).
             .register(
                 "thread",
                 if self.share == Share::Rhs {
@@ -393,7 +401,7 @@ impl BlockMatmulKernel {
             .register("tn", t.tn.to_string())
             .register("prelude", prelude)
             .register("compute", compute)
-            .register("store", store)
+            .register("store", self.store(self.vec_out))
     }
 }
 
@@ -559,7 +567,6 @@ impl KernelSource for BlockMatmulKernel {
         if self.direct {
             return self.direct_source();
         }
-        let (decl, compute, store) = self.unrolled();
         let t = self.tile;
         let sp = &self.splits;
         SourceTemplate::new(SOURCE)
@@ -580,9 +587,9 @@ impl KernelSource for BlockMatmulKernel {
             .register("lhs_col", axis_expr("gk", sp[1], "l_col"))
             .register("rhs_row", axis_expr("gk", sp[2], "r_row"))
             .register("rhs_col", axis_expr("gn", sp[3], "r_col"))
-            .register("acc_decl", decl)
-            .register("compute", compute)
-            .register("store", store)
+            .register("acc_decl", self.acc_decl())
+            .register("compute", self.tiled_compute())
+            .register("store", self.store(false))
     }
 
     fn id(&self) -> KernelId {
@@ -749,9 +756,8 @@ fn vec_out(spec: &BlockMatmul) -> bool {
 pub(crate) static DIRECT_LAUNCHES: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
-/// Launches so far that shared lhs loads, rhs loads, or neither, over a subgroup.
-pub(crate) static SHARED_LAUNCHES: [std::sync::atomic::AtomicUsize; 3] = [
-    std::sync::atomic::AtomicUsize::new(0),
+/// Direct-kernel launches so far that shared lhs loads, and rhs loads, over a subgroup.
+pub(crate) static SHARED_LAUNCHES: [std::sync::atomic::AtomicUsize; 2] = [
     std::sync::atomic::AtomicUsize::new(0),
     std::sync::atomic::AtomicUsize::new(0),
 ];
@@ -914,12 +920,10 @@ impl BlockMatmulOps for CubeBackend {
         if direct {
             DIRECT_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        match share {
-            Share::Lhs => &SHARED_LAUNCHES[0],
-            Share::Rhs => &SHARED_LAUNCHES[1],
-            Share::None => &SHARED_LAUNCHES[2],
+        if share != Share::None {
+            SHARED_LAUNCHES[(share == Share::Rhs) as usize]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let kernel = BlockMatmulKernel {
             f16,
             splits: splits(&spec),
