@@ -5,7 +5,7 @@
 #   scripts/gpu_bench.sh BIN_DIR MINILM_DIR OUT_DIR
 #
 # BIN_DIR holds `bench_layer` and `gralora` (release builds) and the test binaries `kernels`,
-# `cube_twin` and `split_k` (any missing one is skipped); MINILM_DIR holds MiniLM's config.json and tokenizer files (the weights are not needed:
+# `cube_twin`, `split_k` and `tuned_tiles` (any missing one is skipped); MINILM_DIR holds MiniLM's config.json and tokenizer files (the weights are not needed:
 # a randomly initialised model of the same shapes is written, since timings do not depend on values).
 # Each step has its own time limit, so one that hangs does not cost the rest; everything lands in
 # OUT_DIR as it is produced.
@@ -29,9 +29,10 @@ step() { # NAME SECONDS CMD...: run CMD with a limit, its output appended to OUT
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>"$out/summary.txt" 2>&1
 
 step bench_layer 150 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 21
-# The same grid with split-K off, to measure what it does on this GPU.
-step bench_layer_no_split_k 150 env GRALORA_SPLIT_K=1 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 21
-for t in kernels cube_twin split_k; do
+# The same grid with the tiled kernel's default plans (no autotuning), to measure what tuning does on
+# this GPU.
+step bench_layer_untuned 150 env GRALORA_WGSL_TUNE=0 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 21
+for t in kernels cube_twin split_k tuned_tiles; do
     if [ -x "$bin/$t" ]; then
         step "$t" 60 env GRALORA_REQUIRE_WGPU=1 "$bin/$t" --test-threads 1
     fi

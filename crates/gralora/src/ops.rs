@@ -572,6 +572,39 @@ pub fn split_k_launches() -> usize {
     crate::backends::cube::SPLIT_K_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// How many block matmuls on the tiled WGSL kernel so far went through cubecl's autotuner,
+/// which times the kernel's candidate plans (tile shapes, with and without split-K) on the first
+/// call for each shape class and then runs the fastest: on a real GPU unless
+/// `GRALORA_WGSL_TUNE=0`, on a software device with `GRALORA_WGSL_TILED=1 GRALORA_WGSL_TUNE=1`.
+/// For diagnostics and tests.
+pub fn tuned_kernel_launches() -> usize {
+    crate::backends::cube::TUNED_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How many candidate plans the tuner tries on the tiled WGSL kernel (tile shapes, with and
+/// without split-K; fewer are timed where several come to the same plan for a shape).
+pub fn tiled_kernel_candidates() -> usize {
+    crate::backends::cube::TILED_CANDIDATES
+}
+
+/// Run every later tiled-kernel block matmul of this process with candidate plan `i` (below
+/// [`tiled_kernel_candidates`]) instead of the default or tuned one; `None` restores them. For
+/// tests (each candidate must compute the op) and for timing one candidate. Execution is lazy on
+/// fusion devices: read the results of earlier calls back before changing it.
+pub fn force_tiled_candidate(i: Option<usize>) {
+    if let Some(i) = i {
+        assert!(
+            i < tiled_kernel_candidates(),
+            "force_tiled_candidate: {i} is not below tiled_kernel_candidates() = {}",
+            tiled_kernel_candidates()
+        );
+    }
+    crate::backends::cube::FORCED_CANDIDATE.store(
+        i.unwrap_or(usize::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// A contiguous f32 Flex tensor that owns `values` as its buffer, for the CPU kernels of this
 /// crate and its users. (`FlexTensor::zeros` zeroes a byte buffer and then copies it into an
 /// aligned one: two extra passes on one thread, a tenth of a CPU training step when every

@@ -1,5 +1,6 @@
 //! CubeCL runtimes: the hand-written WGSL kernels where the runtime compiles WGSL (wgpu on Vulkan,
-//! Metal, DX12): `shaders/block_matmul.wgsl` (tiled through workgroup memory) on a GPU,
+//! Metal, DX12): `shaders/block_matmul.wgsl` (tiled through workgroup memory; its tile and split-K
+//! plan picked per shape class by cubecl's autotuner) on a GPU,
 //! `shaders/block_matmul_direct.wgsl` (operands read straight from storage; on lavapipe one
 //! operand's loads shared over a subgroup's lanes) on a software device; their `#[cube]` twin
 //! (`cube_twin.rs`) elsewhere.
@@ -46,7 +47,8 @@ impl Tile {
     /// (32×32, 64×16, 16×32, 8×8 blocks; 8 to 64 threads) were no faster on any product, nor
     /// were 8 shapes re-timed once the direct kernel read `vec4`s. On lavapipe the direct kernel
     /// shares loads over a subgroup and takes [`Tile::shared`] instead.
-    /// The GPU shapes are not tuned on a GPU yet.
+    /// On a GPU these are the default plan's tiles, which the autotuner times against
+    /// [`TUNED_TILES`] (see [`tuned`]); no GPU has measured them yet.
     fn for_shape(m: usize, n: usize, software: bool) -> Self {
         let (wx, wy, tm, tn) = match (software, m, n) {
             (true, m, n) if n <= 16 && m > 16 => (4, 8, 32, 4),
@@ -61,7 +63,7 @@ impl Tile {
             (false, m, n) if m >= 128 && n >= 128 => (16, 16, 8, 8),
             (false, _, _) => (16, 16, 4, 4),
         };
-        let mut tile = Self { wx, wy, tm, tn };
+        let tile = Self { wx, wy, tm, tn };
         if software {
             // The same number of tiles, each only as wide as it must be: GraLoRA's blocks (192
             // or 96 wide at in 384) would otherwise idle a quarter of a 256- or 128-wide tile.
@@ -69,19 +71,26 @@ impl Tile {
                 let tiles = len.div_ceil((threads * per) as usize).max(1);
                 (len.div_ceil(tiles * per as usize).max(1) as u32).min(threads)
             };
-            tile.wy = fit(m, tile.wy, tile.tm);
-            tile.wx = fit(n, tile.wx, tile.tn);
-            return tile;
+            return Self {
+                wy: fit(m, tile.wy, tile.tm),
+                wx: fit(n, tile.wx, tile.tn),
+                ..tile
+            };
         }
-        // Fewer threads where half the tile would still cover the output (GraLoRA's k = 4 blocks
-        // of a 384-wide layer are 96 wide: a 256-row tile would idle 62 % of its threads).
-        while tile.wy > 1 && (tile.bm() / 2) as usize >= m {
-            tile.wy /= 2;
+        tile.cut_to(m, n)
+    }
+
+    /// This GPU tile with fewer threads where half of it would still cover the `m × n` output
+    /// (GraLoRA's k = 4 blocks of a 384-wide layer are 96 wide: a 256-row tile would idle 62 % of
+    /// its threads).
+    fn cut_to(mut self, m: usize, n: usize) -> Self {
+        while self.wy > 1 && (self.bm() / 2) as usize >= m {
+            self.wy /= 2;
         }
-        while tile.wx > 1 && (tile.bn() / 2) as usize >= n {
-            tile.wx /= 2;
+        while self.wx > 1 && (self.bn() / 2) as usize >= n {
+            self.wx /= 2;
         }
-        tile
+        self
     }
 
     /// The tile and shared operand of the direct kernel where a subgroup is `lanes` consecutive
@@ -879,109 +888,316 @@ impl BlockMatmulOps for CubeBackend {
         let lhs = into_contiguous(lhs);
         let rhs = into_contiguous(rhs);
         let client = lhs.client.clone();
-        let empty = |shape: Vec<usize>| {
-            empty_device_contiguous_dtype(
-                client.clone(),
-                lhs.device.clone(),
-                Shape::from(shape),
-                dtype,
-            )
-        };
+        let empty = |shape: Vec<usize>| empty_on(&lhs, shape);
         if spec.m == 0 || spec.n == 0 || spec.g == 0 {
             return empty(spec.out_shape.clone());
         }
-        let mut info_host = info(&spec);
         if !compiles_wgsl(&lhs) || twin_forced() {
             let out = empty(spec.out_shape.clone());
-            let info = client.create_from_slice(bytemuck::cast_slice(&info_host));
+            let info = client.create_from_slice(bytemuck::cast_slice(&info(&spec)));
             launch_twin(&lhs, &rhs, &out, info, &spec, f16);
             return out;
         }
         // A device that is no card (cubecl's identity has no physical device): a CPU rasteriser.
         let properties = client.properties();
         let software = properties.identity.physical.is_none();
-        // A software device reads the operands straight from storage (no workgroup memory).
-        let direct = software && !tiled_forced();
-        // Lanes that can share loads (lavapipe), and the tile and operand they share.
-        let lanes = if direct {
-            shared_lanes(properties)
-        } else {
-            None
-        };
-        let (tile, share) = match lanes {
-            Some(lanes) => Tile::shared(spec.m, spec.n, lanes),
-            None => (Tile::for_shape(spec.m, spec.n, software), Share::None),
-        };
-        let tile = if direct {
-            tile
-        } else {
-            tile.within(properties.hardware.max_shared_memory_size)
-        };
-        if direct {
-            DIRECT_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let plan = Plan::default_for(&spec, properties, software, f16);
+        if !plan.direct {
+            if let Some(i) = forced_candidate() {
+                let limit = properties.hardware.max_shared_memory_size;
+                let plans = candidate_plans(&spec, limit, software, f16);
+                return run(&lhs, &rhs, &spec, f16, plans[i.min(plans.len() - 1)]);
+            }
+            if tune_setting().unwrap_or(!software) {
+                return tuned(lhs, rhs, spec, f16);
+            }
         }
-        if share != Share::None {
-            SHARED_LAUNCHES[(share == Share::Rhs) as usize]
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        let kernel = BlockMatmulKernel {
-            f16,
-            splits: splits(&spec),
-            tile,
-            lhs_k_fast: spec.lhs.col == Axis::plain(1),
-            rhs_k_fast: spec.rhs.row == Axis::plain(1),
-            direct,
-            vec: if direct && !scalar_forced() {
-                vec_axes(&spec)
-            } else {
-                [Vec4::No; 2]
-            },
-            vec_out: direct && !scalar_forced() && vec_out(&spec),
-            share,
-            subgroup: lanes.unwrap_or(0),
-        };
-        // Split-K: chunks of whole BK rounds; each part writes its partial output into its own
-        // slice of one `[parts, len]` buffer, summed below.
-        // The direct kernel runs one part (its workgroups already keep every CPU thread busy).
-        let wanted = if direct {
-            1
-        } else {
-            split_k_parts(&spec, tile, software, f16)
-        };
-        let chunk = spec.k.max(1).div_ceil(wanted).next_multiple_of(BK as usize);
-        let parts = spec.k.div_ceil(chunk).max(1);
-        let target = if parts > 1 {
-            SPLIT_K_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let len = spec.g * spec.m * spec.n;
-            info_host[INFO_LEN - 3..].copy_from_slice(&[parts as u32, chunk as u32, len as u32]);
-            empty(vec![parts, len])
-        } else {
-            empty(spec.out_shape.clone())
-        };
-        let info = client.create_from_slice(bytemuck::cast_slice(&info_host));
-        let count = CubeCount::Static(
-            (spec.n as u32).div_ceil(tile.bn()),
-            (spec.m as u32).div_ceil(tile.bm()),
-            (spec.g * parts) as u32,
-        );
-        let args = KernelArguments::new().with_buffers(vec![
-            lhs.handle.clone().binding(),
-            rhs.handle.clone().binding(),
-            target.handle.clone().binding(),
-            info.binding(),
-        ]);
-        let dim = if share == Share::Rhs {
-            CubeDim::new_2d(tile.wy, tile.wx)
-        } else {
-            CubeDim::new_2d(tile.wx, tile.wy)
-        };
-        client.launch(Box::new(SourceKernel::new(kernel, dim)), count, args);
-        if parts == 1 {
-            return target;
-        }
-        let sum = Self::float_sum_dim(target, 0);
-        Self::float_reshape(sum, Shape::from(spec.out_shape.clone()))
+        run(&lhs, &rhs, &spec, f16, plan)
     }
+}
+
+/// How one call runs: which kernel, its tile, the operand its subgroups share (direct kernel) and
+/// into how many parts its reduction is cut (tiled kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    tile: Tile,
+    /// `block_matmul_direct.wgsl` instead of the tiled kernel.
+    direct: bool,
+    share: Share,
+    /// The subgroup size (where `share` is not `None`).
+    lanes: u32,
+    /// The reduction's parts wanted (split-K; fewer where K has fewer BK rounds).
+    parts: usize,
+}
+
+impl Plan {
+    /// The plan chosen from the shape alone: on a software device the direct kernel (sharing
+    /// loads where the lanes allow), on a GPU the tiled kernel with the SGEMM-style tile of
+    /// [`Tile::for_shape`] and split-K where the output gives too few workgroups.
+    fn default_for(
+        spec: &BlockMatmul,
+        properties: &burn_cubecl::cubecl::ir::DeviceProperties,
+        software: bool,
+        f16: bool,
+    ) -> Self {
+        if software && !tiled_forced() {
+            let lanes = shared_lanes(properties);
+            let (tile, share) = match lanes {
+                Some(lanes) => Tile::shared(spec.m, spec.n, lanes),
+                None => (Tile::for_shape(spec.m, spec.n, true), Share::None),
+            };
+            // The direct kernel runs one part (its workgroups already keep every CPU thread busy).
+            return Self {
+                tile,
+                direct: true,
+                share,
+                lanes: lanes.unwrap_or(0),
+                parts: 1,
+            };
+        }
+        let tile = Tile::for_shape(spec.m, spec.n, software)
+            .within(properties.hardware.max_shared_memory_size);
+        Self::tiled(tile, split_k_parts(spec, tile, software, f16))
+    }
+
+    fn tiled(tile: Tile, parts: usize) -> Self {
+        Self {
+            tile,
+            direct: false,
+            share: Share::None,
+            lanes: 0,
+            parts,
+        }
+    }
+}
+
+/// The tiles the tuner tries on the tiled kernel besides the default one, as (threads along N,
+/// threads along M, outputs per thread along M, along N), each cut to the output as the default
+/// is: square 64 and 128 tiles, a small 32 one for outputs that give few workgroups, and tall,
+/// wide and thin ones for the adapters' rank-sized sides.
+const TUNED_TILES: [(u32, u32, u32, u32); 7] = [
+    (16, 16, 4, 4),
+    (16, 16, 8, 8),
+    (8, 8, 4, 4),
+    (8, 32, 4, 4),
+    (32, 8, 4, 4),
+    (4, 64, 4, 4),
+    (64, 4, 4, 4),
+];
+
+/// The tiled kernel's candidate plans: candidate `2i` takes tile i (0: [`Tile::for_shape`]'s,
+/// then [`TUNED_TILES`]) with split-K as a GPU would choose it for that tile, candidate `2i + 1`
+/// the same tile in one part.
+/// `limit`: the device's bytes of workgroup memory.
+fn candidate_plans(spec: &BlockMatmul, limit: usize, software: bool, f16: bool) -> Vec<Plan> {
+    let default = Tile::for_shape(spec.m, spec.n, software);
+    let tiles = std::iter::once(default).chain(
+        TUNED_TILES
+            .iter()
+            .map(|&(wx, wy, tm, tn)| Tile { wx, wy, tm, tn }.cut_to(spec.m, spec.n)),
+    );
+    tiles
+        .flat_map(|tile| {
+            let tile = tile.within(limit);
+            [
+                Plan::tiled(tile, split_k_parts(spec, tile, false, f16)),
+                Plan::tiled(tile, 1),
+            ]
+        })
+        .collect()
+}
+
+/// How many plans the tuner tries on the tiled kernel.
+pub(crate) const TILED_CANDIDATES: usize = 2 * (1 + TUNED_TILES.len());
+
+/// What the tuner's choice for the tiled kernel depends on: element type, which axes are split,
+/// which operands are contiguous along K, the batch count and M, N, K (anchored to powers of a
+/// base, as burn's matmul keys are, so a new batch length reuses the choice for a similar one).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+struct TiledKey {
+    f16: bool,
+    split: [bool; 6],
+    k_fast: [bool; 2],
+    g: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+impl std::fmt::Display for TiledKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl burn_cubecl::cubecl::tune::AutotuneKey for TiledKey {}
+
+type TunedArgs = (CubeTensor, CubeTensor, BlockMatmul, bool);
+
+fn tiled_key((_, _, spec, f16): &TunedArgs) -> TiledKey {
+    use burn_cubecl::cubecl::tune::anchor;
+    TiledKey {
+        f16: *f16,
+        split: splits(spec).map(|s| s != 0),
+        k_fast: [
+            spec.lhs.col == Axis::plain(1),
+            spec.rhs.row == Axis::plain(1),
+        ],
+        g: anchor(spec.g, None, None, None),
+        m: anchor(spec.m, None, None, None),
+        n: anchor(spec.n, None, None, None),
+        k: anchor(spec.k, None, None, None),
+    }
+}
+
+/// Launches of the tiled kernel that went through the tuner so far.
+pub(crate) static TUNED_LAUNCHES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// The tiled kernel with the plan that cubecl's autotuner measured fastest for this key on this
+/// device (the first call for a key times every distinct candidate; burn's matmul is chosen the
+/// same way). GPUs differ too much for one tile to suit them all.
+fn tuned(lhs: CubeTensor, rhs: CubeTensor, spec: BlockMatmul, f16: bool) -> CubeTensor {
+    use burn_cubecl::CubeTuneId;
+    use burn_cubecl::cubecl::tune::{LocalTuner, Tunable, TunableSet, local_tuner};
+    static TUNER: LocalTuner<TiledKey, CubeTuneId> = local_tuner!("gralora-block-matmul");
+    TUNED_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let client = lhs.client.clone();
+    let id = CubeTuneId::new(&client, &lhs.device);
+    let set = TUNER.init(&id, || {
+        (0..TILED_CANDIDATES).fold(
+            TunableSet::<TiledKey, TunedArgs, CubeTensor>::new_cloning_inputs(tiled_key),
+            |set, i| {
+                set.with(Tunable::new(
+                    &format!("plan-{i}"),
+                    move |(lhs, rhs, spec, f16): TunedArgs| {
+                        let properties = lhs.client.properties();
+                        let software = properties.identity.physical.is_none();
+                        let limit = properties.hardware.max_shared_memory_size;
+                        let plans = candidate_plans(&spec, limit, software, f16);
+                        if plans[..i].contains(&plans[i]) {
+                            return Err(format!("plan-{i} is an earlier candidate's plan here"));
+                        }
+                        Ok(run(&lhs, &rhs, &spec, f16, plans[i]))
+                    },
+                ))
+            },
+        )
+    });
+    TUNER.execute(&id, &client, set, (lhs, rhs, spec, f16))
+}
+
+/// `GRALORA_WGSL_TUNE`: `0` keeps a GPU's tiled kernel to the default plan (no tuning), `1` tunes
+/// the tiled kernel on a software device too (where it runs: with `GRALORA_WGSL_TILED=1`); unset,
+/// GPUs tune.
+fn tune_setting() -> Option<bool> {
+    static SETTING: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *SETTING.get_or_init(|| match std::env::var("GRALORA_WGSL_TUNE").as_deref() {
+        Ok("0") => Some(false),
+        Ok("1") => Some(true),
+        Ok(other) => {
+            eprintln!("warning: GRALORA_WGSL_TUNE={other:?} is neither 0 nor 1; ignored");
+            None
+        }
+        Err(_) => None,
+    })
+}
+
+/// The candidate plan forced on the tiled kernel (tests run each one), `usize::MAX` for none.
+pub(crate) static FORCED_CANDIDATE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+fn forced_candidate() -> Option<usize> {
+    let i = FORCED_CANDIDATE.load(std::sync::atomic::Ordering::Relaxed);
+    (i != usize::MAX).then_some(i)
+}
+
+/// An uninitialised contiguous tensor of `shape` on `like`'s device, in its element type.
+fn empty_on(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(shape),
+        like.dtype,
+    )
+}
+
+/// Launch `plan` for `spec` (operands contiguous) and return the output.
+fn run(
+    lhs: &CubeTensor,
+    rhs: &CubeTensor,
+    spec: &BlockMatmul,
+    f16: bool,
+    plan: Plan,
+) -> CubeTensor {
+    let Plan {
+        tile,
+        direct,
+        share,
+        lanes,
+        parts: wanted,
+    } = plan;
+    let client = lhs.client.clone();
+    let empty = |shape: Vec<usize>| empty_on(lhs, shape);
+    if direct {
+        DIRECT_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if share != Share::None {
+        SHARED_LAUNCHES[(share == Share::Rhs) as usize]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let kernel = BlockMatmulKernel {
+        f16,
+        splits: splits(spec),
+        tile,
+        lhs_k_fast: spec.lhs.col == Axis::plain(1),
+        rhs_k_fast: spec.rhs.row == Axis::plain(1),
+        direct,
+        vec: if direct && !scalar_forced() {
+            vec_axes(spec)
+        } else {
+            [Vec4::No; 2]
+        },
+        vec_out: direct && !scalar_forced() && vec_out(spec),
+        share,
+        subgroup: lanes,
+    };
+    // Split-K: chunks of whole BK rounds; each part writes its partial output into its own
+    // slice of one `[parts, len]` buffer, summed below.
+    let chunk = spec.k.max(1).div_ceil(wanted).next_multiple_of(BK as usize);
+    let parts = spec.k.div_ceil(chunk).max(1);
+    let mut info_host = info(spec);
+    let target = if parts > 1 {
+        SPLIT_K_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let len = spec.g * spec.m * spec.n;
+        info_host[INFO_LEN - 3..].copy_from_slice(&[parts as u32, chunk as u32, len as u32]);
+        empty(vec![parts, len])
+    } else {
+        empty(spec.out_shape.clone())
+    };
+    let info = client.create_from_slice(bytemuck::cast_slice(&info_host));
+    let count = CubeCount::Static(
+        (spec.n as u32).div_ceil(tile.bn()),
+        (spec.m as u32).div_ceil(tile.bm()),
+        (spec.g * parts) as u32,
+    );
+    let args = KernelArguments::new().with_buffers(vec![
+        lhs.handle.clone().binding(),
+        rhs.handle.clone().binding(),
+        target.handle.clone().binding(),
+        info.binding(),
+    ]);
+    let dim = if share == Share::Rhs {
+        CubeDim::new_2d(tile.wy, tile.wx)
+    } else {
+        CubeDim::new_2d(tile.wx, tile.wy)
+    };
+    client.launch(Box::new(SourceKernel::new(kernel, dim)), count, args);
+    if parts == 1 {
+        return target;
+    }
+    let sum = CubeBackend::float_sum_dim(target, 0);
+    CubeBackend::float_reshape(sum, Shape::from(spec.out_shape.clone()))
 }
 
 #[cfg(test)]
@@ -1036,10 +1252,28 @@ mod tests {
                     } else {
                         &[Share::None]
                     };
-                    for (&vec, &share) in
-                        vecs.iter().flat_map(|v| shares.iter().map(move |s| (v, s)))
-                    {
-                        let mut tile = Tile::for_shape(m, n, software);
+                    // The tiled kernel in every tile the tuner may pick.
+                    let tiles: Vec<Tile> = if direct {
+                        vec![Tile::for_shape(m, n, software)]
+                    } else {
+                        std::iter::once(Tile::for_shape(m, n, software))
+                            .chain(
+                                TUNED_TILES
+                                    .iter()
+                                    .map(|&(wx, wy, tm, tn)| Tile { wx, wy, tm, tn }.cut_to(m, n)),
+                            )
+                            .collect()
+                    };
+                    let mut combos = Vec::new();
+                    for &vec in vecs {
+                        for &share in shares {
+                            for &tile in &tiles {
+                                combos.push((vec, share, tile));
+                            }
+                        }
+                    }
+                    for (vec, share, tile) in combos {
+                        let mut tile = tile;
                         if share == Share::Lhs {
                             tile.wx = 8;
                         }
@@ -1160,6 +1394,60 @@ mod tests {
         assert_eq!(Tile::shared(16, 768, 8).1, Share::Lhs);
         assert_eq!(Tile::shared(2048, 16, 8).1, Share::Rhs);
         assert_eq!(Tile::shared(2048, 768, 8).1, Share::Rhs);
+    }
+
+    /// The tuner's candidates: the default plan first, every tile a valid one (threads,
+    /// `vec4` register blocks, workgroup memory), each tile once with split-K as a GPU would
+    /// choose it and once in one part; and enough distinct plans to choose among.
+    #[test]
+    fn tuned_candidates_lead_with_the_default_plan_and_are_valid_tiles() {
+        let limit = 16384;
+        for spec in [
+            BlockMatmul::batched(1, 2048, 384, 384),
+            BlockMatmul::batched(2, 2048, 16, 192),
+            BlockMatmul::batched(2, 192, 128, 2048),
+            BlockMatmul::batched(4, 16, 96, 2048),
+            BlockMatmul::batched(1, 1, 1, 1),
+        ] {
+            let plans = candidate_plans(&spec, limit, false, false);
+            assert_eq!(plans.len(), TILED_CANDIDATES);
+            let tile = Tile::for_shape(spec.m, spec.n, false).within(limit);
+            assert_eq!(
+                plans[0],
+                Plan::tiled(tile, split_k_parts(&spec, tile, false, false)),
+                "{spec:?}"
+            );
+            for (i, plan) in plans.iter().enumerate() {
+                let t = plan.tile;
+                assert!(!plan.direct && plan.share == Share::None, "{plan:?}");
+                assert!((1..=256).contains(&(t.wx * t.wy)), "{plan:?}");
+                assert_eq!((t.tm % 4, t.tn % 4), (0, 0), "{plan:?}");
+                assert!(t.shared_bytes() <= limit, "{plan:?}");
+                if i % 2 == 1 {
+                    assert_eq!(plan.parts, 1, "{plan:?}");
+                    assert_eq!(plan.tile, plans[i - 1].tile, "{plan:?}");
+                }
+            }
+            let distinct = plans
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| !plans[..*i].contains(p))
+                .count();
+            // (A 1 × 1 output leaves every tile one thread: only the register blocks differ.)
+            let least = if spec.m * spec.n == 1 { 2 } else { 4 };
+            assert!(distinct >= least, "{spec:?}: {distinct} distinct plans");
+        }
+        // ∂A at in 384, r 128, k 2: both split and unsplit candidates are timed.
+        let plans = candidate_plans(
+            &BlockMatmul::batched(2, 192, 128, 2048),
+            limit,
+            false,
+            false,
+        );
+        assert!(plans.iter().any(|p| p.parts > 1));
+        // f16 never splits.
+        let plans = candidate_plans(&BlockMatmul::batched(2, 192, 128, 2048), limit, false, true);
+        assert!(plans.iter().all(|p| p.parts == 1));
     }
 
     #[test]

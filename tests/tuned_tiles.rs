@@ -1,0 +1,57 @@
+//! The tiled WGSL kernel's candidate plans (tile shapes, with and without split-K) and cubecl's
+//! autotuner that picks among them on a GPU, forced on the wgpu device here with
+//! `GRALORA_WGSL_TILED=1 GRALORA_WGSL_TUNE=1`: on a software device such as CI's lavapipe the
+//! direct kernel runs untuned instead, so without this binary neither the candidates nor the
+//! tuned path would be tested there. A separate test binary: the variables are process-wide.
+
+mod common;
+
+use gralora::ops::{BlockMatmul, force_tiled_candidate, split_k_launches, tiled_kernel_candidates};
+
+#[test]
+fn every_tiled_candidate_computes_the_op_and_the_tuned_kernel_matches_the_composite() {
+    // SAFETY: set before any device thread exists; this binary has a single test.
+    unsafe {
+        std::env::set_var("GRALORA_WGSL_TILED", "1");
+        std::env::set_var("GRALORA_WGSL_TUNE", "1");
+    }
+    let devices = common::wgpu_devices();
+    // Every map kind, and a long reduction (plain, and read transposed) that the split-K
+    // candidates cut into parts.
+    let long = BlockMatmul::batched(2, 600, 24, 40);
+    let mut specs = common::map_kind_specs();
+    specs.extend([long.grad_rhs(), BlockMatmul::batched(2, 40, 24, 600)]);
+    let split_before = split_k_launches();
+    for (name, device) in &devices {
+        for i in 0..tiled_kernel_candidates() {
+            force_tiled_candidate(Some(i));
+            for (j, spec) in specs.iter().enumerate() {
+                common::assert_block_matmul_matches_definition(
+                    &format!("{name} candidate {i} spec {j}"),
+                    device,
+                    spec,
+                );
+            }
+        }
+    }
+    force_tiled_candidate(None);
+    if !devices.is_empty() {
+        assert!(
+            split_k_launches() > split_before,
+            "the split-K candidates must have run"
+        );
+    }
+    // The tuned path: the tuner times the candidates on the first call for each shape class and
+    // runs the one it picks; forward and gradients against the composite.
+    let tuned_before = gralora::ops::tuned_kernel_launches();
+    let ran = common::assert_kernel_form(
+        "tuned",
+        &[(1, 64, 16, 2), (77, 200, 40, 4), (600, 96, 32, 2)],
+    );
+    if ran {
+        assert!(
+            gralora::ops::tuned_kernel_launches() > tuned_before,
+            "the tuned path must have run"
+        );
+    }
+}
