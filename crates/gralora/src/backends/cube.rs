@@ -905,8 +905,8 @@ impl BlockMatmulOps for CubeBackend {
         if !plan.direct {
             if let Some(i) = forced_candidate() {
                 let limit = properties.hardware.max_shared_memory_size;
-                let plans = candidate_plans(&spec, limit, software, f16);
-                return run(&lhs, &rhs, &spec, f16, plans[i.min(plans.len() - 1)]);
+                let plan = candidate_plans(&spec, limit, software, f16)[i];
+                return run(&lhs, &rhs, &spec, f16, plan);
             }
             if tune_setting().unwrap_or(!software) {
                 return tuned(lhs, rhs, spec, f16);
