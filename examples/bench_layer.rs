@@ -3,10 +3,16 @@
 //! block-matmul op (WGSL kernel on wgpu, strided gemm on Flex), and burn 0.22's built-in LoRA
 //! (dense `W + s·A B` rebuilt every step).
 //!
-//! `cargo run --release --example bench_layer -- --device wgpu|flex [--json] [--iters N] [--warmup W] [--max-dim D]`
+//! `cargo run --release --example bench_layer -- --device wgpu|flex [--json] [--iters N] [--warmup W] [--chain C] [--max-dim D]`
 //!
-//! Each time is the median of `--iters` iterations after `--warmup` untimed ones; an iteration is the forward,
-//! `backward()`, and a read of one scalar that depends on every gradient (so lazy backends run it).
+//! An iteration (a step) is the forward, `backward()`, and one scalar that depends on every gradient
+//! (so lazy backends run it all). Each method first runs `--warmup` untimed steps; then `--iters`
+//! rounds time the four methods in turn (round i starts at method i mod 4), so a slow spell of the
+//! machine or a kernel still being tuned hits all alike. A sample is `--chain` steps queued back to
+//! back with one read of their summed scalars at the end, divided by `--chain`: with 1, every step
+//! pays a full device round trip (on a fast GPU that round trip, not the layer, sets the time);
+//! with more, the read is spread over the steps, as in a training loop, which reads nothing back
+//! between steps. Each time reported is the median sample.
 
 use std::time::Instant;
 
@@ -28,13 +34,18 @@ struct Args {
     /// One JSON object per shape instead of the table.
     #[arg(long)]
     json: bool,
-    /// Timed iterations per measurement (median reported).
-    #[arg(long, default_value_t = 5)]
-    iters: usize,
-    /// Untimed iterations first. On a GPU give several: a new shape's kernels are compiled and
-    /// tuned over its first calls (on an H200, one warm-up left LoRA's time varying 3× by order).
+    /// Timed samples per method (median reported), taken round-robin across the methods.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    iters: u64,
+    /// Steps per timed sample, queued back to back and read back once at the end (the time is
+    /// per step). 1: every step ends in a device round trip.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    chain: u64,
+    /// Untimed steps of each method first. On a GPU give several: a new shape's kernels are
+    /// compiled and tuned over its first calls (on an H200, one warm-up left LoRA's time varying
+    /// 3× by order).
     #[arg(long, default_value_t = 1)]
-    warmup: usize,
+    warmup: u64,
     /// Tokens per batch.
     #[arg(long, default_value_t = 2048)]
     tokens: usize,
@@ -49,36 +60,58 @@ struct Args {
     ks: Vec<usize>,
 }
 
-fn median_ms(device: &Device, warmup: usize, iters: usize, mut step: impl FnMut() -> f32) -> f64 {
-    for _ in 0..warmup {
-        step();
+/// One method's step: runs the forward and backward and returns a one-element tensor that
+/// depends on every gradient, without reading it.
+type Step<'a> = Box<dyn FnMut() -> Tensor<1> + 'a>;
+
+/// Per-step milliseconds of each method: `warmup` untimed steps of each, then `iters` rounds in
+/// which each method takes one sample of `chain` steps (read back once), the first method of
+/// round i being method i mod n. The median sample of each method.
+fn time_round_robin(
+    device: &Device,
+    methods: &mut [Step<'_>],
+    warmup: u64,
+    iters: u64,
+    chain: u64,
+) -> Vec<f64> {
+    for step in methods.iter_mut() {
+        for _ in 0..warmup {
+            std::hint::black_box(step().into_scalar::<f32>());
+        }
     }
     device.sync().expect("device sync");
-    let mut times: Vec<f64> = (0..iters)
-        .map(|_| {
+    let n = methods.len();
+    let mut times = vec![Vec::new(); n];
+    for round in 0..iters as usize {
+        for j in 0..n {
+            let m = (round + j) % n;
+            let step = &mut methods[m];
             let start = Instant::now();
-            let v = step();
+            let mut sum = step();
+            for _ in 1..chain {
+                sum = sum + step();
+            }
+            std::hint::black_box(sum.into_scalar::<f32>());
             device.sync().expect("device sync");
-            std::hint::black_box(v);
-            start.elapsed().as_secs_f64() * 1e3
+            times[m].push(start.elapsed().as_secs_f64() * 1e3 / chain as f64);
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
         })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+        .collect()
 }
 
-/// Sum of one element of every gradient: forces them all without moving them to the host.
-fn touch(grads: &[Tensor<1>]) -> f32 {
-    grads
-        .iter()
-        .cloned()
-        .reduce(|a, b| a + b)
-        .unwrap()
-        .into_scalar::<f32>()
+/// Sum of one element of every gradient: depends on them all, read by nobody yet.
+fn touch(grads: &[Tensor<1>]) -> Tensor<1> {
+    grads.iter().cloned().reduce(|a, b| a + b).unwrap()
 }
 
 fn first<const D: usize>(t: Tensor<D>) -> Tensor<1> {
-    t.flatten::<1>(0, D - 1).slice([0..1])
+    t.flatten::<1>(0, D - 1).narrow(0, 0, 1)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -103,8 +136,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = args.tokens;
     if !args.json {
         println!(
-            "device: {}  tokens: {t}  iters: {} (median) after {} warm-up",
-            args.device, args.iters, args.warmup
+            "device: {}  tokens: {t}  median of {} samples of {} step(s), round-robin, after {} warm-up",
+            args.device, args.iters, args.chain, args.warmup
         );
         println!(
             "{:>5} {:>5} {:>4} {:>2} | {:>9} {:>11} {:>9} {:>10} | {:>10} {:>14}",
@@ -137,22 +170,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let la = rand([d, r]).require_grad();
                 let lb = rand([r, d]).require_grad();
                 let lora = LoraAdapter::from_tensors(la.clone(), lb.clone(), s);
-                let lora_ms = median_ms(&device, args.warmup, args.iters, || {
-                    let y = lora.forward(x.clone());
-                    let g = y.sum().backward();
-                    touch(&[
-                        first(x.grad(&g).unwrap()),
-                        first(la.grad(&g).unwrap()),
-                        first(lb.grad(&g).unwrap()),
-                    ])
-                });
-
                 let ga = Tensor::<3>::random([k, ib, r], Distribution::Uniform(-0.1, 0.1), &device)
                     .require_grad();
                 let gb = Tensor::<3>::random([k, r, ob], Distribution::Uniform(-0.1, 0.1), &device)
                     .require_grad();
                 let gralora = |fused: bool| {
-                    median_ms(&device, args.warmup, args.iters, || {
+                    let (x, ga, gb) = (&x, &ga, &gb);
+                    move || {
                         let y = if fused {
                             gralora_blocks(x.clone(), ga.clone(), gb.clone(), s)
                         } else {
@@ -165,10 +189,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             first(ga.grad(&g).unwrap()),
                             first(gb.grad(&g).unwrap()),
                         ])
-                    })
+                    }
                 };
-                let composite_ms = gralora(false);
-                let fused_ms = gralora(true);
 
                 // burn's built-in LoRA: a frozen Linear whose weight is rebuilt densely each step.
                 let linear = Linear {
@@ -176,22 +198,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     bias: None,
                 }
                 .apply_lora(Lora::new(r, s * r as f64));
-                let dense_ms = median_ms(&device, args.warmup, args.iters, || {
-                    let y = linear.forward(x.clone());
-                    let g = y.sum().backward();
-                    let adapter = linear.weight.adapter().expect("burn attached its LoRA");
-                    touch(&[
-                        first(x.grad(&g).unwrap()),
-                        first(adapter.a.val().grad(&g).unwrap()),
-                        first(adapter.b.val().grad(&g).unwrap()),
-                    ])
-                });
+                let mut methods: [Step<'_>; 4] = [
+                    Box::new(|| {
+                        let y = lora.forward(x.clone());
+                        let g = y.sum().backward();
+                        touch(&[
+                            first(x.grad(&g).unwrap()),
+                            first(la.grad(&g).unwrap()),
+                            first(lb.grad(&g).unwrap()),
+                        ])
+                    }),
+                    Box::new(gralora(false)),
+                    Box::new(gralora(true)),
+                    Box::new(|| {
+                        let y = linear.forward(x.clone());
+                        let g = y.sum().backward();
+                        let adapter = linear.weight.adapter().expect("burn attached its LoRA");
+                        touch(&[
+                            first(x.grad(&g).unwrap()),
+                            first(adapter.a.val().grad(&g).unwrap()),
+                            first(adapter.b.val().grad(&g).unwrap()),
+                        ])
+                    }),
+                ];
+                let [lora_ms, composite_ms, fused_ms, dense_ms] = time_round_robin(
+                    &device,
+                    &mut methods,
+                    args.warmup,
+                    args.iters,
+                    args.chain,
+                )[..] else {
+                    unreachable!("four methods, four times")
+                };
 
                 if args.json {
                     println!(
                         "{}",
                         serde_json::json!({
-                            "t": t, "in": d, "out": d, "r": r, "k": k,
+                            "t": t, "in": d, "out": d, "r": r, "k": k, "chain": args.chain,
                             "lora_ms": lora_ms, "gralora_composite_ms": composite_ms,
                             "gralora_fused_ms": fused_ms, "burn_dense_lora_ms": dense_ms,
                         })

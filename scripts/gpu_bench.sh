@@ -28,10 +28,15 @@ step() { # NAME SECONDS CMD...: run CMD with a limit, its output appended to OUT
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>"$out/summary.txt" 2>&1
 
-step bench_layer 150 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 21
-# The same grid with the tiled kernel's default plans (no autotuning), to measure what tuning does on
+# The layer grid, methods timed round-robin. Each sample is 10 steps queued back to back and read
+# back once (a step's time is then what it costs inside a training loop, not a device round trip,
+# which on a fast GPU outweighs the layer's arithmetic).
+step bench_layer 120 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 11 --chain 10
+# The same with the tiled kernel's default plans (no autotuning), to measure what tuning does on
 # this GPU.
-step bench_layer_untuned 150 env GRALORA_WGSL_TUNE=0 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 21
+step bench_layer_untuned 120 env GRALORA_WGSL_TUNE=0 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 11 --chain 10
+# One step per sample, each read back (as the first H200 table was measured).
+step bench_layer_sync 120 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 21
 for t in kernels cube_twin split_k tuned_tiles; do
     if [ -x "$bin/$t" ]; then
         step "$t" 60 env GRALORA_REQUIRE_WGPU=1 "$bin/$t" --test-threads 1

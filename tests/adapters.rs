@@ -21,8 +21,11 @@ fn linear(d_in: usize, d_out: usize, seed: u64, device: &Device) -> (Linear, Vec
     (lin, w, b)
 }
 
+/// A pair of factors (A, B) as host vectors.
+type Factors = (Vec<f32>, Vec<f32>);
+
 /// (A, B) of the block part, and the hybrid pair if any, as host vectors.
-fn gralora_factors(layer: &AdaptedLinear) -> (Vec<f32>, Vec<f32>, Option<(Vec<f32>, Vec<f32>)>) {
+fn gralora_factors(layer: &AdaptedLinear) -> (Vec<f32>, Vec<f32>, Option<Factors>) {
     match layer.adapter.as_ref().unwrap() {
         Adapter::GraLora(g) => (
             host(g.a.val()),

@@ -69,7 +69,9 @@ impl BertConfig {
     }
 
     fn check(&self, path: &Path) -> Result<()> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(ModelError::config(
                 path,
                 format!(

@@ -186,13 +186,13 @@ impl TextTokenizer {
         let enc = self.inner.encode(text, special).map_err(|e| self.err(e))?;
         let mut ids = enc.get_ids().to_vec();
         let mut type_ids = enc.get_type_ids().to_vec();
-        if special && self.add_bos {
-            if let Some(bos) = self.bos {
-                if ids.first() != Some(&bos) {
-                    ids.insert(0, bos);
-                    type_ids.insert(0, 0);
-                }
-            }
+        if special
+            && self.add_bos
+            && let Some(bos) = self.bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+            type_ids.insert(0, 0);
         }
         Ok(Encoded { ids, type_ids })
     }

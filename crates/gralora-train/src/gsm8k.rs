@@ -155,36 +155,6 @@ pub fn evaluate(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn final_numbers_are_extracted_as_the_metric_normalises_them() {
-        let text = "She makes 9 * 2 = $18 every day. So the answer is 18.";
-        assert_eq!(extract_answer(text).as_deref(), Some("18"));
-        assert_eq!(
-            extract_answer("So the answer is $1,250.").as_deref(),
-            Some("1250")
-        );
-        assert_eq!(
-            extract_answer("3 + 4 = 7 and then 7.50").as_deref(),
-            Some("7.5")
-        );
-        assert_eq!(
-            extract_answer("the answer is -3 apples, not 5").as_deref(),
-            Some("-3")
-        );
-        assert_eq!(extract_answer("no digits here"), None);
-        assert_eq!(normalise_number("18.00"), "18");
-        assert_eq!(cut_at_stop(" 5 + 3 = 8.\n\nQuestion: next"), " 5 + 3 = 8.");
-        assert_eq!(
-            cut_at_stop("So the answer is 8.Question:"),
-            "So the answer is 8."
-        );
-    }
-}
-
 /// Load a decoder (and a PEFT adapter directory, if given) and score it on the first
 /// `max_eval` problems.
 pub fn eval_model(
@@ -214,4 +184,34 @@ pub fn eval_model(
         problems.truncate(n.max(1));
     }
     evaluate(&model, &tokenizer, &problems, max_new, device, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_numbers_are_extracted_as_the_metric_normalises_them() {
+        let text = "She makes 9 * 2 = $18 every day. So the answer is 18.";
+        assert_eq!(extract_answer(text).as_deref(), Some("18"));
+        assert_eq!(
+            extract_answer("So the answer is $1,250.").as_deref(),
+            Some("1250")
+        );
+        assert_eq!(
+            extract_answer("3 + 4 = 7 and then 7.50").as_deref(),
+            Some("7.5")
+        );
+        assert_eq!(
+            extract_answer("the answer is -3 apples, not 5").as_deref(),
+            Some("-3")
+        );
+        assert_eq!(extract_answer("no digits here"), None);
+        assert_eq!(normalise_number("18.00"), "18");
+        assert_eq!(cut_at_stop(" 5 + 3 = 8.\n\nQuestion: next"), " 5 + 3 = 8.");
+        assert_eq!(
+            cut_at_stop("So the answer is 8.Question:"),
+            "So the answer is 8."
+        );
+    }
 }

@@ -558,7 +558,7 @@ pub(crate) fn train_decoder(
     };
 
     let ad = run.device.clone().autodiff();
-    crate::steps::seed_device(&run.device, config.seed);
+    crate::steps::seed_device(run.device, config.seed);
     crate::steps::seed_device(&ad, config.seed);
     let mut llama = trainable(llama, config.method);
     let mut b_ids = Vec::new();

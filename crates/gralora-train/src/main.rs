@@ -456,10 +456,10 @@ fn fetch(args: FetchArgs) -> Result<(), Error> {
 fn fetch_missing(model: &str, task: Option<&str>) -> Result<(), Error> {
     let home = assets::home();
     let mut list = Vec::new();
-    if let Some(name) = model_asset(model) {
-        if !home.join(name).is_dir() {
-            list.push(assets::find(name)?);
-        }
+    if let Some(name) = model_asset(model)
+        && !home.join(name).is_dir()
+    {
+        list.push(assets::find(name)?);
     }
     let (files, names): (Vec<String>, Vec<&str>) = match task {
         None => (Vec::new(), Vec::new()),

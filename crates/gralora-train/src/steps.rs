@@ -139,7 +139,7 @@ impl<B: Batching> SeededLoader<B> {
             .chunks(self.batch_size)
             .map(<[usize]>::to_vec)
             .collect();
-        let full = if self.items.len() % self.batch_size == 0 {
+        let full = if self.items.len().is_multiple_of(self.batch_size) {
             batches.len()
         } else {
             batches.len() - 1
@@ -587,7 +587,7 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for StepStrategy<M> {
                 }
                 if stepped
                     && self.every > 0
-                    && iteration % (self.every * self.grad_accum) == 0
+                    && iteration.is_multiple_of(self.every * self.grad_accum)
                     && !item_progress.is_completed()
                     && let Some(steps) = &mut steps
                 {

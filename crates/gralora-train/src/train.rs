@@ -852,7 +852,7 @@ pub fn train(
 
     // The model: seeded head and adapters, on the autodiff device.
     let ad = device.clone().autodiff();
-    crate::steps::seed_device(&device, config.seed);
+    crate::steps::seed_device(device, config.seed);
     crate::steps::seed_device(&ad, config.seed);
     let bert = trainable(bert, config.method);
     let mut clf = BertClassifier::new(
@@ -862,17 +862,14 @@ pub fn train(
         config.head_dropout,
     );
     let mut b_ids = Vec::new();
-    match config.adapter()? {
-        Some(adapter) => {
-            let options = AdaptOptions::new(adapter, config.targets_or(ENCODER_TARGETS));
-            let r = attach_adapters(&mut clf, &options)?;
-            report(format!("{r}").lines().last().unwrap_or_default());
-            b_ids = b_param_ids(&mut clf);
-        }
-        None => {}
+    if let Some(adapter) = config.adapter()? {
+        let options = AdaptOptions::new(adapter, config.targets_or(ENCODER_TARGETS));
+        let r = attach_adapters(&mut clf, &options)?;
+        report(format!("{r}").lines().last().unwrap_or_default());
+        b_ids = b_param_ids(&mut clf);
     }
     let train_examples = prepared.train.len();
-    let batching = ClassBatching::for_device(prepared.tokenizer_pad, clf.bert.max_len, &device);
+    let batching = ClassBatching::for_device(prepared.tokenizer_pad, clf.bert.max_len, device);
     let train_loader = EpochLoader::new(
         prepared.train,
         config.batch_size,
@@ -1113,7 +1110,7 @@ pub(crate) fn fit<M: burn::train::LearnerModel>(
     }
     let tokens_before = f.tokens.load(Ordering::Relaxed);
     let start = Instant::now();
-    let result = training.launch(Learner::new(model, optim.into(), lr));
+    let result = training.launch(Learner::new(model, optim, lr));
     let train_s = start.elapsed().as_secs_f64();
     if let Some((step, value)) = f.guard.non_finite() {
         return Err(TrainError::NonFinite {
@@ -1269,6 +1266,7 @@ fn source_config(source: &ModelSource) -> Result<PathBuf> {
 }
 
 /// Evaluate a model (with a `gralora train` output directory: adapter + head) on a task.
+#[allow(clippy::too_many_arguments)]
 pub fn eval(
     model_arg: &str,
     run: Option<&Path>,
@@ -1282,10 +1280,10 @@ pub fn eval(
     let saved = run.and_then(|r| RunDir(r.to_path_buf()).read_config().ok());
     let source = ModelSource::resolve(model_arg, home)?;
     let mut loaded = LoadedModel::load(&source, device)?;
-    if let Some(run) = run {
-        if gralora::is_peft_dir(run) {
-            loaded.model.load_adapter(run)?;
-        }
+    if let Some(run) = run
+        && gralora::is_peft_dir(run)
+    {
+        loaded.model.load_adapter(run)?;
     }
     let max_len = max_len.or(saved.as_ref().map(|c| c.max_len));
     let (bert, mut tokenizer) = match loaded.model {
@@ -1443,8 +1441,7 @@ pub fn bench_steps(
         let trainable = model.num_params_trainable();
         let optim = AdamWConfig::new()
             .with_weight_decay(config.weight_decay as f32)
-            .init()
-            .into();
+            .init();
         let mut runner = Runner {
             model: Some(model),
             optim,

@@ -290,7 +290,7 @@ impl AdapterConfig {
                     ));
                 }
                 let divisible = |dim: &'static str, value: usize| {
-                    if value % c.k != 0 {
+                    if !value.is_multiple_of(c.k) {
                         Err(AdapterError::NotDivisible {
                             layer: layer.to_string(),
                             dim,

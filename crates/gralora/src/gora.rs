@@ -238,7 +238,7 @@ pub fn init_gralora(
     config: &GoraConfig,
     rng: &mut impl Rng,
 ) -> Result<(Vec<f32>, Vec<f32>, f64), AdapterError> {
-    if k == 0 || d_in % k != 0 || d_out % k != 0 || r % k != 0 {
+    if k == 0 || !d_in.is_multiple_of(k) || !d_out.is_multiple_of(k) || !r.is_multiple_of(k) {
         return Err(AdapterError::State(format!(
             "GoRA-GraLoRA: k = {k} must divide in {d_in}, out {d_out} and r {r}"
         )));

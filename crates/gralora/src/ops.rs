@@ -43,20 +43,18 @@ impl Axis {
     /// The offset of index `i`.
     #[inline]
     pub fn offset(&self, i: usize) -> usize {
-        if self.split == 0 {
-            i * self.lo
-        } else {
-            (i / self.split) * self.hi + (i % self.split) * self.lo
+        match i.checked_div(self.split) {
+            Some(block) => block * self.hi + (i % self.split) * self.lo,
+            None => i * self.lo,
         }
     }
 
     /// The end of the contiguous run of indices starting at `i` (exclusive), capped at `len`.
     #[inline]
     pub(crate) fn run_end(&self, i: usize, len: usize) -> usize {
-        if self.split == 0 {
-            len
-        } else {
-            ((i / self.split + 1) * self.split).min(len)
+        match i.checked_div(self.split) {
+            Some(block) => ((block + 1) * self.split).min(len),
+            None => len,
         }
     }
 }

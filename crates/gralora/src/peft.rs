@@ -310,7 +310,7 @@ pub fn load_peft<M: AdapterHost>(
             );
         } else {
             let k = k_cfg;
-            if k == 0 || l.d_in % k != 0 || l.d_out % k != 0 {
+            if k == 0 || !l.d_in.is_multiple_of(k) || !l.d_out.is_multiple_of(k) {
                 return Err(err(
                     &cfg_path,
                     format!(

@@ -5,6 +5,8 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
+// `checked_div` has no `#[cube]` expansion.
+#[allow(clippy::manual_checked_ops)]
 #[cube]
 fn axis_offset(i: usize, split: usize, hi: usize, lo: usize) -> usize {
     let mut offset = i * lo;
