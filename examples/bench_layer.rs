@@ -55,6 +55,11 @@ struct Args {
     /// Ranks to time (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "16,32,128")]
     ranks: Vec<usize>,
+    /// Run the op's block matmuls with the tuner's candidate N instead of the tuned plan (0 to
+    /// `gralora::ops::tuned_candidates()` - 1; the last is the two-pass form). Applies where the
+    /// tiled kernel runs: a GPU, or a software device with GRALORA_WGSL_TILED=1.
+    #[arg(long)]
+    candidate: Option<usize>,
     /// Block counts to time (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "2,4")]
     ks: Vec<usize>,
@@ -121,6 +126,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let blas = gralora::blas::CpuBlas::open(&path)?;
         eprintln!("CPU GEMM: {}", blas.describe());
         gralora::blas::set(Some(blas));
+    }
+    if let Some(i) = args.candidate {
+        let n = gralora::ops::tuned_candidates();
+        if i >= n {
+            return Err(format!("--candidate {i}: the tuner has candidates 0 to {}", n - 1).into());
+        }
+        gralora::ops::force_tuned_candidate(Some(i));
     }
     let base = gralora::device::select(&args.device)?;
     if args.device == "wgpu" {

@@ -31,7 +31,14 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>
 # The layer grid, methods timed round-robin. Each sample is 10 steps queued back to back and read
 # back once (a step's time is then what it costs inside a training loop, not a device round trip,
 # which on a fast GPU outweighs the layer's arithmetic).
-step bench_layer 120 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 11 --chain 10
+# cubecl's log says what the tuner chose per shape class (only its choices are kept: the whole log is
+# large); kernels are compiled and tuned in the warm-up, so the timed samples do not write to it.
+step bench_layer 120 env CUBECL_DEBUG_LOG="$out/cubecl.log" "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 11 --chain 10
+grep '^Fastest result' "$out/cubecl.log" >"$out/tuner_choices.txt" 2>/dev/null
+rm -f "$out/cubecl.log"
+# The two-pass form alone (the tuner's last candidate: regroup copies and burn's matmul, as the
+# composite), against which the tuned choice is measured.
+step bench_layer_two_pass 120 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 11 --chain 10 --candidate 16
 # The same with the tiled kernel's default plans (no autotuning), to measure what tuning does on
 # this GPU.
 step bench_layer_untuned 120 env GRALORA_WGSL_TUNE=0 "$bin/bench_layer" --device wgpu --json --warmup 5 --iters 11 --chain 10

@@ -1,12 +1,15 @@
-//! The tiled WGSL kernel's candidate plans (tile shapes, with and without split-K) and cubecl's
-//! autotuner that picks among them on a GPU, forced on the wgpu device here with
+//! The tuner's candidates (the tiled WGSL kernel's plans: tile shapes, with and without split-K;
+//! and the two-pass form: copies and burn's matmul) and cubecl's autotuner that picks among them
+//! on a GPU, forced on the wgpu device here with
 //! `GRALORA_WGSL_TILED=1 GRALORA_WGSL_TUNE=1`: on a software device such as CI's lavapipe the
 //! direct kernel runs untuned instead, so without this binary neither the candidates nor the
 //! tuned path would be tested there. A separate test binary: the variables are process-wide.
 
 mod common;
 
-use gralora::ops::{BlockMatmul, force_tiled_candidate, split_k_launches, tiled_kernel_candidates};
+use gralora::ops::{
+    BlockMatmul, force_tuned_candidate, split_k_launches, tuned_candidates, two_pass_launches,
+};
 
 #[test]
 fn every_tiled_candidate_computes_the_op_and_the_tuned_kernel_matches_the_composite() {
@@ -22,9 +25,10 @@ fn every_tiled_candidate_computes_the_op_and_the_tuned_kernel_matches_the_compos
     let mut specs = common::map_kind_specs();
     specs.extend([long.grad_rhs(), BlockMatmul::batched(2, 40, 24, 600)]);
     let split_before = split_k_launches();
+    let two_pass_before = two_pass_launches();
     for (name, device) in &devices {
-        for i in 0..tiled_kernel_candidates() {
-            force_tiled_candidate(Some(i));
+        for i in 0..tuned_candidates() {
+            force_tuned_candidate(Some(i));
             for (j, spec) in specs.iter().enumerate() {
                 common::assert_block_matmul_matches_definition(
                     &format!("{name} candidate {i} spec {j}"),
@@ -34,11 +38,18 @@ fn every_tiled_candidate_computes_the_op_and_the_tuned_kernel_matches_the_compos
             }
         }
     }
-    force_tiled_candidate(None);
+    force_tuned_candidate(None);
     if !devices.is_empty() {
         assert!(
             split_k_launches() > split_before,
             "the split-K candidates must have run"
+        );
+        // Every spec here has whole blocks: the two-pass candidate ran on each (alone and with
+        // an accumulator), on every device.
+        assert_eq!(
+            two_pass_launches() - two_pass_before,
+            2 * specs.len() * devices.len(),
+            "the two-pass candidate must have run on every spec"
         );
     }
     // The tuned path: the tuner times the candidates on the first call for each shape class and

@@ -571,30 +571,39 @@ pub fn split_k_launches() -> usize {
 }
 
 /// How many block matmuls on the tiled WGSL kernel so far went through cubecl's autotuner,
-/// which times the kernel's candidate plans (tile shapes, with and without split-K) on the first
-/// call for each shape class and then runs the fastest: on a real GPU unless
+/// which times the candidates of [`tuned_candidates`] on the first call for each shape class
+/// and then runs the fastest: on a real GPU unless
 /// `GRALORA_WGSL_TUNE=0`, on a software device with `GRALORA_WGSL_TILED=1 GRALORA_WGSL_TUNE=1`.
 /// For diagnostics and tests.
 pub fn tuned_kernel_launches() -> usize {
     crate::backends::cube::TUNED_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// How many candidate plans the tuner tries on the tiled WGSL kernel (tile shapes, with and
-/// without split-K; fewer are timed where several come to the same plan for a shape).
-pub fn tiled_kernel_candidates() -> usize {
-    crate::backends::cube::TILED_CANDIDATES
+/// How many candidates the tuner times for a tiled-kernel block matmul: the tiled WGSL kernel's
+/// plans (tile shapes, with and without split-K; fewer are timed where several come to the same
+/// plan for a shape), then, last, the two-pass form (operands copied out of their maps where they
+/// are not plain matrices, burn's matmul kernel, the result copied through the output map).
+pub fn tuned_candidates() -> usize {
+    crate::backends::cube::TUNED_CANDIDATES
 }
 
-/// Run every later tiled-kernel block matmul of this process with candidate plan `i` (below
-/// [`tiled_kernel_candidates`]) instead of the default or tuned one; `None` restores them. For
-/// tests (each candidate must compute the op) and for timing one candidate. Execution is lazy on
-/// fusion devices: read the results of earlier calls back before changing it.
-pub fn force_tiled_candidate(i: Option<usize>) {
+/// How many block matmuls so far ran in the two-pass form (the tuner's last candidate: where it
+/// measured fastest, or forced). For diagnostics and tests.
+pub fn two_pass_launches() -> usize {
+    crate::backends::cube::TWO_PASS_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Run every later tiled-kernel block matmul of this process with the tuner's candidate `i`
+/// (below [`tuned_candidates`]) instead of the default or tuned one; `None` restores them. The
+/// last candidate, the two-pass form, falls back to the default plan where a map has a partial
+/// last block. For tests (each candidate must compute the op) and for timing one candidate.
+/// Execution is lazy on fusion devices: read the results of earlier calls back before changing it.
+pub fn force_tuned_candidate(i: Option<usize>) {
     if let Some(i) = i {
         assert!(
-            i < tiled_kernel_candidates(),
-            "force_tiled_candidate: {i} is not below tiled_kernel_candidates() = {}",
-            tiled_kernel_candidates()
+            i < tuned_candidates(),
+            "force_tuned_candidate: {i} is not below tuned_candidates() = {}",
+            tuned_candidates()
         );
     }
     crate::backends::cube::FORCED_CANDIDATE.store(

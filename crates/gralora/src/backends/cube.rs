@@ -1,6 +1,7 @@
 //! CubeCL runtimes: the hand-written WGSL kernels where the runtime compiles WGSL (wgpu on Vulkan,
 //! Metal, DX12): `shaders/block_matmul.wgsl` (tiled through workgroup memory; its tile and split-K
-//! plan picked per shape class by cubecl's autotuner) on a GPU,
+//! plan picked per shape class by cubecl's autotuner, which also times a two-pass form through
+//! burn's matmul kernel) on a GPU,
 //! `shaders/block_matmul_direct.wgsl` (operands read straight from storage; on lavapipe one
 //! operand's loads shared over a subgroup's lanes) on a software device; their `#[cube]` twin
 //! (`cube_twin.rs`) elsewhere.
@@ -15,7 +16,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::template::{KernelSource, SourceKernel, SourceTemplate};
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::ops::{Axis, BlockMatmul, BlockMatmulOps};
+use crate::ops::{Axis, BlockMatmul, BlockMatmulOps, Operand};
 
 const SOURCE: &str = include_str!("../../../../shaders/block_matmul.wgsl");
 const DIRECT_SOURCE: &str = include_str!("../../../../shaders/block_matmul_direct.wgsl");
@@ -904,6 +905,11 @@ impl BlockMatmulOps for CubeBackend {
         let plan = Plan::default_for(&spec, properties, software, f16);
         if !plan.direct {
             if let Some(i) = forced_candidate() {
+                if i == TILED_CANDIDATES {
+                    // The two-pass form, where the maps allow it (else the default plan).
+                    return two_pass(&lhs, &rhs, &spec)
+                        .unwrap_or_else(|_| run(&lhs, &rhs, &spec, f16, plan));
+                }
                 let limit = properties.hardware.max_shared_memory_size;
                 let plan = candidate_plans(&spec, limit, software, f16)[i];
                 return run(&lhs, &rhs, &spec, f16, plan);
@@ -1010,6 +1016,9 @@ fn candidate_plans(spec: &BlockMatmul, limit: usize, software: bool, f16: bool) 
 /// How many plans the tuner tries on the tiled kernel.
 pub(crate) const TILED_CANDIDATES: usize = 2 * (1 + TUNED_TILES.len());
 
+/// The tuner's candidates: the tiled kernel's plans, then the two-pass form ([`two_pass`]).
+pub(crate) const TUNED_CANDIDATES: usize = TILED_CANDIDATES + 1;
+
 /// What the tuner's choice for the tiled kernel depends on: element type, which axes are split,
 /// which operands are contiguous along K, the batch count and M, N, K (anchored to powers of a
 /// base, as burn's matmul keys are, so a new batch length reuses the choice for a similar one).
@@ -1056,7 +1065,9 @@ pub(crate) static TUNED_LAUNCHES: std::sync::atomic::AtomicUsize =
 
 /// The tiled kernel with the plan that cubecl's autotuner measured fastest for this key on this
 /// device (the first call for a key times every distinct candidate; burn's matmul is chosen the
-/// same way). GPUs differ too much for one tile to suit them all.
+/// same way), or the two-pass form where that measured faster. GPUs differ too much for one tile
+/// to suit them all, and a vendor's matmul kernel may beat the tiled one by more than the copies
+/// cost.
 fn tuned(lhs: CubeTensor, rhs: CubeTensor, spec: BlockMatmul, f16: bool) -> CubeTensor {
     use burn_cubecl::CubeTuneId;
     use burn_cubecl::cubecl::tune::{LocalTuner, Tunable, TunableSet, local_tuner};
@@ -1065,24 +1076,31 @@ fn tuned(lhs: CubeTensor, rhs: CubeTensor, spec: BlockMatmul, f16: bool) -> Cube
     let client = lhs.client.clone();
     let id = CubeTuneId::new(&client, &lhs.device);
     let set = TUNER.init(&id, || {
-        (0..TILED_CANDIDATES).fold(
-            TunableSet::<TiledKey, TunedArgs, CubeTensor>::new_cloning_inputs(tiled_key),
-            |set, i| {
-                set.with(Tunable::new(
-                    &format!("plan-{i}"),
-                    move |(lhs, rhs, spec, f16): TunedArgs| {
-                        let properties = lhs.client.properties();
-                        let software = properties.identity.physical.is_none();
-                        let limit = properties.hardware.max_shared_memory_size;
-                        let plans = candidate_plans(&spec, limit, software, f16);
-                        if plans[..i].contains(&plans[i]) {
-                            return Err(format!("plan-{i} is an earlier candidate's plan here"));
-                        }
-                        Ok(run(&lhs, &rhs, &spec, f16, plans[i]))
-                    },
-                ))
-            },
-        )
+        (0..TILED_CANDIDATES)
+            .fold(
+                TunableSet::<TiledKey, TunedArgs, CubeTensor>::new_cloning_inputs(tiled_key),
+                |set, i| {
+                    set.with(Tunable::new(
+                        &format!("plan-{i}"),
+                        move |(lhs, rhs, spec, f16): TunedArgs| {
+                            let properties = lhs.client.properties();
+                            let software = properties.identity.physical.is_none();
+                            let limit = properties.hardware.max_shared_memory_size;
+                            let plans = candidate_plans(&spec, limit, software, f16);
+                            if plans[..i].contains(&plans[i]) {
+                                return Err(format!(
+                                    "plan-{i} is an earlier candidate's plan here"
+                                ));
+                            }
+                            Ok(run(&lhs, &rhs, &spec, f16, plans[i]))
+                        },
+                    ))
+                },
+            )
+            .with(Tunable::new(
+                "two-pass",
+                |(lhs, rhs, spec, _): TunedArgs| two_pass(&lhs, &rhs, &spec),
+            ))
     });
     TUNER.execute(&id, &client, set, (lhs, rhs, spec, f16))
 }
@@ -1110,6 +1128,155 @@ pub(crate) static FORCED_CANDIDATE: std::sync::atomic::AtomicUsize =
 fn forced_candidate() -> Option<usize> {
     let i = FORCED_CANDIDATE.load(std::sync::atomic::Ordering::Relaxed);
     (i != usize::MAX).then_some(i)
+}
+
+/// Launches of the two-pass form so far.
+pub(crate) static TWO_PASS_LAUNCHES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// One axis of an operand map over `len` indices as strided dimensions `(len, stride)`: a plain
+/// axis is one, a split axis two (blocks, then the index within a block), or one where every
+/// index falls in the first block. `None` where the last block is partial: no strided view has
+/// that shape.
+fn axis_dims(len: usize, axis: Axis) -> Option<Vec<(usize, usize)>> {
+    if axis.split == 0 || len <= axis.split {
+        Some(vec![(len, axis.lo)])
+    } else if len.is_multiple_of(axis.split) {
+        Some(vec![(len / axis.split, axis.hi), (axis.split, axis.lo)])
+    } else {
+        None
+    }
+}
+
+/// `op` over `[g, rows, cols]` as strided dimensions of its buffer, in index order (batch, row,
+/// column; each split axis as two), without the dimensions of length one.
+fn operand_dims(op: &Operand, g: usize, rows: usize, cols: usize) -> Option<Vec<(usize, usize)>> {
+    let mut dims = axis_dims(g, op.batch)?;
+    dims.extend(axis_dims(rows, op.row)?);
+    dims.extend(axis_dims(cols, op.col)?);
+    dims.retain(|&(len, _)| len != 1);
+    if dims.is_empty() {
+        dims.push((1, 1));
+    }
+    Some(dims)
+}
+
+/// `t`'s buffer seen through `dims` (lengths and strides).
+fn strided_view(t: &CubeTensor, dims: &[(usize, usize)]) -> CubeTensor {
+    use burn_cubecl::cubecl::zspace::metadata::Metadata;
+    let (shape, strides): (Vec<usize>, Vec<usize>) = dims.iter().copied().unzip();
+    CubeTensor::new(
+        t.client.clone(),
+        t.handle.clone(),
+        Metadata::new(shape, strides),
+        t.device.clone(),
+        t.dtype,
+    )
+}
+
+/// The contiguous strides of `shape`.
+fn packed_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    strides
+}
+
+/// An operand as the `[g, rows, cols]` tensor a batched matmul reads: a plain map of packed
+/// row- or column-major matrices as it is, any other map copied out of its buffer.
+fn gather(t: &CubeTensor, op: &Operand, g: usize, rows: usize, cols: usize) -> Option<CubeTensor> {
+    let plain = op.batch.split == 0 && op.row.split == 0 && op.col.split == 0;
+    let packed = g == 1 || op.batch.lo == rows * cols;
+    if plain && packed {
+        if op.col.lo == 1 && op.row.lo == cols {
+            return Some(strided_view(
+                t,
+                &[(g, rows * cols), (rows, cols), (cols, 1)],
+            ));
+        }
+        if op.row.lo == 1 && op.col.lo == rows {
+            return Some(strided_view(
+                t,
+                &[(g, rows * cols), (rows, 1), (cols, rows)],
+            ));
+        }
+    }
+    let copy = into_contiguous(strided_view(t, &operand_dims(op, g, rows, cols)?));
+    let shape = [g, rows, cols];
+    Some(strided_view(
+        &copy,
+        &shape
+            .into_iter()
+            .zip(packed_strides(&shape))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// The permutation that writes a contiguous `[g, m, n]` result through the output map `op`: the
+/// map's dimensions ordered by stride, which must then be a packed layout (the map is one-to-one
+/// onto the output, so any map of whole blocks is). `None` otherwise.
+fn scatter_order(op: &Operand, g: usize, m: usize, n: usize) -> Option<(Vec<usize>, Vec<usize>)> {
+    let dims = operand_dims(op, g, m, n)?;
+    let mut order: Vec<usize> = (0..dims.len()).collect();
+    order.sort_by_key(|&d| std::cmp::Reverse(dims[d].1));
+    let lens: Vec<usize> = dims.iter().map(|&(len, _)| len).collect();
+    let ordered: Vec<usize> = order.iter().map(|&d| lens[d]).collect();
+    let packed = packed_strides(&ordered);
+    order
+        .iter()
+        .zip(&packed)
+        .all(|(&d, &stride)| dims[d].1 == stride)
+        .then_some((lens, order))
+}
+
+/// The op in two passes: each operand whose map is not a plain matrix layout copied into one
+/// (GraLoRA's regroup, as the composite makes it), one batched matmul through burn's own
+/// autotuned matmul, and the result copied through the output map: what the composite does,
+/// product by product. More memory traffic than the WGSL kernel, but on a GPU where burn's
+/// matmul kernels beat the tiled one by more than the copies cost, the tuner (which times this
+/// as one more candidate) keeps the op from falling behind the composite. A first call for a new
+/// shape tunes burn's matmul inside this candidate's warm-up, as the composite's first call
+/// would. `Err` where a map has a partial last block or K is zero.
+fn two_pass(lhs: &CubeTensor, rhs: &CubeTensor, spec: &BlockMatmul) -> Result<CubeTensor, String> {
+    use burn_cubecl::kernel::matmul::{MatmulStrategy, matmul};
+    let BlockMatmul { g, m, n, k, .. } = *spec;
+    let partial = || "two-pass: a map with a partial last block has no strided view".to_string();
+    if k == 0 {
+        return Err("two-pass: K is 0".into());
+    }
+    let (lens, order) = scatter_order(&spec.out, g, m, n).ok_or_else(partial)?;
+    let mut l = gather(lhs, &spec.lhs, g, m, k).ok_or_else(partial)?;
+    let mut r = gather(rhs, &spec.rhs, g, k, n).ok_or_else(partial)?;
+    // alpha on the smallest of the three.
+    let scale = |t: CubeTensor| CubeBackend::float_mul_scalar(t, spec.alpha.into());
+    let scale_out = spec.alpha != 1.0 && m * n <= (m * k).min(k * n);
+    if spec.alpha != 1.0 && !scale_out {
+        if m * k <= k * n {
+            l = scale(l);
+        } else {
+            r = scale(r);
+        }
+    }
+    let mut out =
+        matmul(l, r, None, MatmulStrategy::Autotune, lhs.dtype).map_err(|e| format!("{e:?}"))?;
+    if scale_out {
+        out = scale(out);
+    }
+    TWO_PASS_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The result as the map's dimensions (contiguous), permuted into the output's order.
+    let strides = packed_strides(&lens);
+    let dims: Vec<(usize, usize)> = order.iter().map(|&d| (lens[d], strides[d])).collect();
+    let written = into_contiguous(strided_view(&out, &dims));
+    let shape = &spec.out_shape;
+    Ok(strided_view(
+        &written,
+        &shape
+            .iter()
+            .copied()
+            .zip(packed_strides(shape))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// An uninitialised contiguous tensor of `shape` on `like`'s device, in its element type.
@@ -1399,6 +1566,75 @@ mod tests {
     /// The tuner's candidates: the default plan first, every tile a valid one (threads,
     /// `vec4` register blocks, workgroup memory), each tile once with split-K as a GPU would
     /// choose it and once in one part; and enough distinct plans to choose among.
+    /// The two-pass form's strided views address exactly what the maps do: GraLoRA's products and
+    /// their gradients, and attention's two-level batches; its output permutation exists for all
+    /// of them; a partial last block or a map with gaps is declined.
+    #[test]
+    fn two_pass_views_reproduce_the_maps() {
+        let first = crate::ops::gralora_first_spec(77, 200, 4, 40);
+        let second = crate::ops::gralora_second_spec(&first, 50, 2.0);
+        let (m, n) = (10, 7);
+        let heads = BlockMatmul {
+            g: 6,
+            m,
+            n,
+            k: 4,
+            alpha: 1.0,
+            lhs: Operand {
+                batch: Axis::split(3, m * 12, 4),
+                row: Axis::plain(12),
+                col: Axis::plain(1),
+            },
+            rhs: Operand {
+                batch: Axis::split(3, n * 12, 4),
+                row: Axis::plain(1),
+                col: Axis::plain(12),
+            },
+            out: Operand {
+                batch: Axis::split(3, m * 3 * n, n),
+                row: Axis::plain(3 * n),
+                col: Axis::plain(1),
+            },
+            out_shape: vec![2, m, 3 * n],
+            lhs_shape: vec![2, m, 12],
+            rhs_shape: vec![2, n, 12],
+        };
+        let mut specs = Vec::new();
+        for spec in [first, second, heads] {
+            specs.extend([spec.grad_lhs(), spec.grad_rhs(), spec]);
+        }
+        for spec in &specs {
+            let (g, m, n, k) = (spec.g, spec.m, spec.n, spec.k);
+            for (op, rows, cols) in [(spec.lhs, m, k), (spec.rhs, k, n), (spec.out, m, n)] {
+                let dims = operand_dims(&op, g, rows, cols).expect("whole blocks");
+                let total: usize = dims.iter().map(|d| d.0).product();
+                assert_eq!(total, g * rows * cols, "{spec:?}");
+                // Index (b, i, j) in [g, rows, cols] order, split into the dims' mixed radix.
+                for (flat, (b, i, j)) in (0..g)
+                    .flat_map(|b| (0..rows).flat_map(move |i| (0..cols).map(move |j| (b, i, j))))
+                    .enumerate()
+                {
+                    let (mut rest, mut offset) = (flat, 0);
+                    for &(len, stride) in dims.iter().rev() {
+                        offset += (rest % len) * stride;
+                        rest /= len;
+                    }
+                    assert_eq!(offset, op.offset(b, i, j), "{op:?} at ({b}, {i}, {j})");
+                }
+            }
+            assert!(scatter_order(&spec.out, g, m, n).is_some(), "{spec:?}");
+        }
+        // A split axis whose last block is partial, and an output map with gaps between rows.
+        assert!(axis_dims(10, Axis::split(4, 100, 1)).is_none());
+        assert!(axis_dims(3, Axis::split(4, 100, 2)).is_some());
+        let gaps = Operand {
+            batch: Axis::plain(2 * 5 * 3),
+            row: Axis::plain(2 * 3),
+            col: Axis::plain(1),
+        };
+        assert!(scatter_order(&gaps, 2, 5, 3).is_none());
+    }
+
     #[test]
     fn tuned_candidates_lead_with_the_default_plan_and_are_valid_tiles() {
         let limit = 16384;
