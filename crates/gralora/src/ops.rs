@@ -394,7 +394,19 @@ pub fn head_scores(q: Tensor<3>, k: Tensor<3>, heads: usize) -> Tensor<4> {
         let split = |y: Tensor<3>, t| y.reshape([b, t, heads, dh]).swap_dims(1, 2);
         return split(q, tq).matmul(split(k, tk).swap_dims(2, 3));
     }
-    let spec = BlockMatmul {
+    block_matmul(q, k, head_scores_spec(b, tq, tk, d, heads))
+}
+
+/// The spec of [`head_scores`] for `B` sequences, `Tq` queries, `Tk` keys, width `D`.
+pub(crate) fn head_scores_spec(
+    b: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+    heads: usize,
+) -> BlockMatmul {
+    let dh = d / heads;
+    BlockMatmul {
         g: b * heads,
         m: tq,
         n: tk,
@@ -406,8 +418,7 @@ pub fn head_scores(q: Tensor<3>, k: Tensor<3>, heads: usize) -> Tensor<4> {
         out_shape: vec![b, heads, tq, tk],
         lhs_shape: vec![b, tq, d],
         rhs_shape: vec![b, tk, d],
-    };
-    block_matmul(q, k, spec)
+    }
 }
 
 /// Attention's context per head, written back in the `[B, T, D]` layout:
@@ -431,7 +442,20 @@ pub fn head_context(probs: Tensor<4>, v: Tensor<3>) -> Tensor<3> {
         let vh = v.reshape([b, tk, heads, dh]).swap_dims(1, 2);
         return probs.matmul(vh).swap_dims(1, 2).reshape([b, tq, d]);
     }
-    let spec = BlockMatmul {
+    block_matmul(probs, v, head_context_spec(b, heads, tq, tk, d))
+}
+
+/// The spec of [`head_context`] for `B` sequences of `heads` heads, `Tq` queries, `Tk` keys,
+/// width `D`.
+pub(crate) fn head_context_spec(
+    b: usize,
+    heads: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+) -> BlockMatmul {
+    let dh = d / heads;
+    BlockMatmul {
         g: b * heads,
         m: tq,
         n: dh,
@@ -443,8 +467,7 @@ pub fn head_context(probs: Tensor<4>, v: Tensor<3>) -> Tensor<3> {
         out_shape: vec![b, tq, d],
         lhs_shape: vec![b, heads, tq, tk],
         rhs_shape: vec![b, tk, d],
-    };
-    block_matmul(probs, v, spec)
+    }
 }
 
 /// Head `h` of sequence `s` (batch index `g = s · heads + h`) of a `[B, T, D]` buffer as a

@@ -1573,34 +1573,11 @@ mod tests {
     fn two_pass_views_reproduce_the_maps() {
         let first = crate::ops::gralora_first_spec(77, 200, 4, 40);
         let second = crate::ops::gralora_second_spec(&first, 50, 2.0);
-        let (m, n) = (10, 7);
-        let heads = BlockMatmul {
-            g: 6,
-            m,
-            n,
-            k: 4,
-            alpha: 1.0,
-            lhs: Operand {
-                batch: Axis::split(3, m * 12, 4),
-                row: Axis::plain(12),
-                col: Axis::plain(1),
-            },
-            rhs: Operand {
-                batch: Axis::split(3, n * 12, 4),
-                row: Axis::plain(1),
-                col: Axis::plain(12),
-            },
-            out: Operand {
-                batch: Axis::split(3, m * 3 * n, n),
-                row: Axis::plain(3 * n),
-                col: Axis::plain(1),
-            },
-            out_shape: vec![2, m, 3 * n],
-            lhs_shape: vec![2, m, 12],
-            rhs_shape: vec![2, n, 12],
-        };
+        // Attention's per-head products: 2 sequences of 3 heads, 10 queries, 7 keys, width 12.
+        let scores = crate::ops::head_scores_spec(2, 10, 7, 12, 3);
+        let context = crate::ops::head_context_spec(2, 3, 10, 7, 12);
         let mut specs = Vec::new();
-        for spec in [first, second, heads] {
+        for spec in [first, second, scores, context] {
             specs.extend([spec.grad_lhs(), spec.grad_rhs(), spec]);
         }
         for spec in &specs {
