@@ -55,14 +55,14 @@ struct Args {
     /// Ranks to time (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "16,32,128")]
     ranks: Vec<usize>,
+    /// Block counts to time (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "2,4")]
+    ks: Vec<usize>,
     /// Run the op's block matmuls with the tuner's candidate N instead of the tuned plan (0 to
     /// `gralora::ops::tuned_candidates()` - 1; the last is the two-pass form). Applies where the
     /// tiled kernel runs: a GPU, or a software device with GRALORA_WGSL_TILED=1.
     #[arg(long)]
     candidate: Option<usize>,
-    /// Block counts to time (comma separated).
-    #[arg(long, value_delimiter = ',', default_value = "2,4")]
-    ks: Vec<usize>,
 }
 
 /// One method's step: runs the forward and backward and returns a one-element tensor that
@@ -111,8 +111,9 @@ fn time_round_robin(
 }
 
 /// Sum of one element of every gradient: depends on them all, read by nobody yet.
-fn touch(grads: &[Tensor<1>]) -> Tensor<1> {
-    grads.iter().cloned().reduce(|a, b| a + b).unwrap()
+fn touch(grads: [Tensor<1>; 3]) -> Tensor<1> {
+    let [a, b, c] = grads;
+    a + b + c
 }
 
 fn first<const D: usize>(t: Tensor<D>) -> Tensor<1> {
@@ -128,6 +129,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gralora::blas::set(Some(blas));
     }
     if let Some(i) = args.candidate {
+        if args.device != "wgpu" {
+            return Err("--candidate applies to --device wgpu (the tiled kernel's tuner)".into());
+        }
         let n = gralora::ops::tuned_candidates();
         if i >= n {
             return Err(format!("--candidate {i}: the tuner has candidates 0 to {}", n - 1).into());
@@ -196,7 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 .mul_scalar(s)
                         };
                         let g = y.sum().backward();
-                        touch(&[
+                        touch([
                             first(x.grad(&g).unwrap()),
                             first(ga.grad(&g).unwrap()),
                             first(gb.grad(&g).unwrap()),
@@ -214,7 +218,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Box::new(|| {
                         let y = lora.forward(x.clone());
                         let g = y.sum().backward();
-                        touch(&[
+                        touch([
                             first(x.grad(&g).unwrap()),
                             first(la.grad(&g).unwrap()),
                             first(lb.grad(&g).unwrap()),
@@ -226,7 +230,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let y = linear.forward(x.clone());
                         let g = y.sum().backward();
                         let adapter = linear.weight.adapter().expect("burn attached its LoRA");
-                        touch(&[
+                        touch([
                             first(x.grad(&g).unwrap()),
                             first(adapter.a.val().grad(&g).unwrap()),
                             first(adapter.b.val().grad(&g).unwrap()),

@@ -12,7 +12,7 @@ use gralora::ops::{
 };
 
 #[test]
-fn every_tiled_candidate_computes_the_op_and_the_tuned_kernel_matches_the_composite() {
+fn every_tuner_candidate_computes_the_op_and_the_tuned_kernel_matches_the_composite() {
     // SAFETY: set before any device thread exists; this binary has a single test.
     unsafe {
         std::env::set_var("GRALORA_WGSL_TILED", "1");

@@ -996,13 +996,7 @@ const TUNED_TILES: [(u32, u32, u32, u32); 7] = [
 /// the same tile in one part.
 /// `limit`: the device's bytes of workgroup memory.
 fn candidate_plans(spec: &BlockMatmul, limit: usize, software: bool, f16: bool) -> Vec<Plan> {
-    let default = Tile::for_shape(spec.m, spec.n, software);
-    let tiles = std::iter::once(default).chain(
-        TUNED_TILES
-            .iter()
-            .map(|&(wx, wy, tm, tn)| Tile { wx, wy, tm, tn }.cut_to(spec.m, spec.n)),
-    );
-    tiles
+    candidate_tiles(spec.m, spec.n, software)
         .flat_map(|tile| {
             let tile = tile.within(limit);
             [
@@ -1011,6 +1005,16 @@ fn candidate_plans(spec: &BlockMatmul, limit: usize, software: bool, f16: bool) 
             ]
         })
         .collect()
+}
+
+/// The tiled kernel's candidate tiles for an `m × n` output: [`Tile::for_shape`]'s, then
+/// [`TUNED_TILES`], each cut to the output.
+fn candidate_tiles(m: usize, n: usize, software: bool) -> impl Iterator<Item = Tile> {
+    std::iter::once(Tile::for_shape(m, n, software)).chain(
+        TUNED_TILES
+            .iter()
+            .map(move |&(wx, wy, tm, tn)| Tile { wx, wy, tm, tn }.cut_to(m, n)),
+    )
 }
 
 /// How many plans the tuner tries on the tiled kernel.
@@ -1174,6 +1178,12 @@ fn strided_view(t: &CubeTensor, dims: &[(usize, usize)]) -> CubeTensor {
     )
 }
 
+/// `t`'s buffer as a contiguous tensor of `shape`.
+fn packed_view(t: &CubeTensor, shape: &[usize]) -> CubeTensor {
+    let dims: Vec<(usize, usize)> = shape.iter().copied().zip(packed_strides(shape)).collect();
+    strided_view(t, &dims)
+}
+
 /// The contiguous strides of `shape`.
 fn packed_strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![1; shape.len()];
@@ -1203,14 +1213,7 @@ fn gather(t: &CubeTensor, op: &Operand, g: usize, rows: usize, cols: usize) -> O
         }
     }
     let copy = into_contiguous(strided_view(t, &operand_dims(op, g, rows, cols)?));
-    let shape = [g, rows, cols];
-    Some(strided_view(
-        &copy,
-        &shape
-            .into_iter()
-            .zip(packed_strides(&shape))
-            .collect::<Vec<_>>(),
-    ))
+    Some(packed_view(&copy, &[g, rows, cols]))
 }
 
 /// The permutation that writes a contiguous `[g, m, n]` result through the output map `op`: the
@@ -1268,15 +1271,7 @@ fn two_pass(lhs: &CubeTensor, rhs: &CubeTensor, spec: &BlockMatmul) -> Result<Cu
     let strides = packed_strides(&lens);
     let dims: Vec<(usize, usize)> = order.iter().map(|&d| (lens[d], strides[d])).collect();
     let written = into_contiguous(strided_view(&out, &dims));
-    let shape = &spec.out_shape;
-    Ok(strided_view(
-        &written,
-        &shape
-            .iter()
-            .copied()
-            .zip(packed_strides(shape))
-            .collect::<Vec<_>>(),
-    ))
+    Ok(packed_view(&written, &spec.out_shape))
 }
 
 /// An uninitialised contiguous tensor of `shape` on `like`'s device, in its element type.
@@ -1423,13 +1418,7 @@ mod tests {
                     let tiles: Vec<Tile> = if direct {
                         vec![Tile::for_shape(m, n, software)]
                     } else {
-                        std::iter::once(Tile::for_shape(m, n, software))
-                            .chain(
-                                TUNED_TILES
-                                    .iter()
-                                    .map(|&(wx, wy, tm, tn)| Tile { wx, wy, tm, tn }.cut_to(m, n)),
-                            )
-                            .collect()
+                        candidate_tiles(m, n, software).collect()
                     };
                     let mut combos = Vec::new();
                     for &vec in vecs {
@@ -1563,9 +1552,6 @@ mod tests {
         assert_eq!(Tile::shared(2048, 768, 8).1, Share::Rhs);
     }
 
-    /// The tuner's candidates: the default plan first, every tile a valid one (threads,
-    /// `vec4` register blocks, workgroup memory), each tile once with split-K as a GPU would
-    /// choose it and once in one part; and enough distinct plans to choose among.
     /// The two-pass form's strided views address exactly what the maps do: GraLoRA's products and
     /// their gradients, and attention's two-level batches; its output permutation exists for all
     /// of them; a partial last block or a map with gaps is declined.
@@ -1612,6 +1598,9 @@ mod tests {
         assert!(scatter_order(&gaps, 2, 5, 3).is_none());
     }
 
+    /// The tuner's candidates: the default plan first, every tile a valid one (threads,
+    /// `vec4` register blocks, workgroup memory), each tile once with split-K as a GPU would
+    /// choose it and once in one part; and enough distinct plans to choose among.
     #[test]
     fn tuned_candidates_lead_with_the_default_plan_and_are_valid_tiles() {
         let limit = 16384;
