@@ -3,9 +3,12 @@
 //! on a GPU, forced on the wgpu device here with
 //! `GRALORA_WGSL_TILED=1 GRALORA_WGSL_TUNE=1`: on a software device such as CI's lavapipe the
 //! direct kernel runs untuned instead, so without this binary neither the candidates nor the
-//! tuned path would be tested there. A separate test binary: the variables are process-wide.
+//! tuned path would be tested there. Every candidate runs in f32 and, where the adapter has f16 (lavapipe
+//! does), in f16. A separate test binary: the variables are process-wide.
 
 mod common;
+
+use burn::tensor::{DType, FloatDType};
 
 use gralora::ops::{
     BlockMatmul, force_tuned_candidate, split_k_launches, tuned_candidates, two_pass_launches,
@@ -26,15 +29,28 @@ fn every_tuner_candidate_computes_the_op_and_the_tuned_kernel_matches_the_compos
     specs.extend([long.grad_rhs(), BlockMatmul::batched(2, 40, 24, 600)]);
     let split_before = split_k_launches();
     let two_pass_before = two_pass_launches();
+    let mut runs = 0;
     for (name, device) in &devices {
-        for i in 0..tuned_candidates() {
-            force_tuned_candidate(Some(i));
-            for (j, spec) in specs.iter().enumerate() {
-                common::assert_block_matmul_matches_definition(
-                    &format!("{name} candidate {i} spec {j}"),
-                    device,
-                    spec,
-                );
+        // f16 where the adapter has it (lavapipe does): the kernel's f16 form, and burn's matmul
+        // in f16 inside the two-pass form.
+        let dtypes = if device.supports_dtype(DType::F16) {
+            vec![FloatDType::F32, FloatDType::F16]
+        } else {
+            eprintln!("{name}: f16 skipped (the device has no f16 arithmetic)");
+            vec![FloatDType::F32]
+        };
+        for dtype in dtypes {
+            runs += 1;
+            for i in 0..tuned_candidates() {
+                force_tuned_candidate(Some(i));
+                for (j, spec) in specs.iter().enumerate() {
+                    common::assert_block_matmul_matches_definition_in(
+                        &format!("{name} {dtype:?} candidate {i} spec {j}"),
+                        device,
+                        spec,
+                        dtype,
+                    );
+                }
             }
         }
     }
@@ -45,10 +61,10 @@ fn every_tuner_candidate_computes_the_op_and_the_tuned_kernel_matches_the_compos
             "the split-K candidates must have run"
         );
         // Every spec here has whole blocks: the two-pass candidate ran on each (alone and with
-        // an accumulator), on every device.
+        // an accumulator), on every device and dtype.
         assert_eq!(
             two_pass_launches() - two_pass_before,
-            2 * specs.len() * devices.len(),
+            2 * specs.len() * runs,
             "the two-pass candidate must have run on every spec"
         );
     }

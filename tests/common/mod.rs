@@ -2,7 +2,7 @@
 //! independent f64 reference of docs/METHODS.md written with plain loops.
 #![allow(dead_code)]
 
-use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+use burn::tensor::{DType, Device, DeviceKind, FloatDType, Tensor, TensorData};
 use gralora::GraLoraAdapter;
 use gralora::ops::{Axis, BlockMatmul, Operand, gralora_blocks};
 
@@ -339,39 +339,69 @@ pub fn map_kind_specs() -> Vec<BlockMatmul> {
 /// `spec` on `device` against its f64 definition ([`BlockMatmul::reference`]), alone and added to
 /// an accumulator.
 pub fn assert_block_matmul_matches_definition(what: &str, device: &Device, spec: &BlockMatmul) {
-    let mut rng = Rng::new(spec.g as u64 + 7 * spec.k as u64);
-    let lhs = rng.vec(spec.lhs_shape.iter().product());
-    let rhs = rng.vec(spec.rhs_shape.iter().product());
-    let want = spec.reference(&lhs, &rhs);
-    let acc = rng.vec(want.len());
-    let want_acc: Vec<f32> = acc.iter().zip(&want).map(|(a, w)| a + w).collect();
-    let run = |acc: Option<&[f32]>| match spec.out_shape.len() {
-        3 => block_product::<3>(device, spec, &lhs, &rhs, acc),
-        _ => block_product::<2>(device, spec, &lhs, &rhs, acc),
-    };
-    let e = rel(&run(None), &want);
-    assert!(e < 1e-5, "{what}: rel err {e}");
-    let e = rel(&run(Some(&acc)), &want_acc);
-    assert!(e < 1e-5, "{what} with an accumulator: rel err {e}");
+    assert_block_matmul_matches_definition_in(what, device, spec, FloatDType::F32);
 }
 
-/// `spec` (3-D operands, a `DO`-dimensional output) on `device`, added to `acc` when given.
+/// [`assert_block_matmul_matches_definition`] with the operands (and accumulator) in `dtype`.
+/// In f16 the reference takes the operands as rounded to f16, and the result may differ from it
+/// by the result's rounding to f16 (within 1e-3 of the largest value; lavapipe's worst over
+/// every tuner candidate is 3.5e-4).
+pub fn assert_block_matmul_matches_definition_in(
+    what: &str,
+    device: &Device,
+    spec: &BlockMatmul,
+    dtype: FloatDType,
+) {
+    let mut rng = Rng::new(spec.g as u64 + 7 * spec.k as u64);
+    let round = |v: Vec<f32>| match dtype {
+        FloatDType::F32 => v,
+        _ => host(
+            tensor(&v, [v.len()], device)
+                .cast(dtype)
+                .cast(FloatDType::F32),
+        ),
+    };
+    let lhs = round(rng.vec(spec.lhs_shape.iter().product()));
+    let rhs = round(rng.vec(spec.rhs_shape.iter().product()));
+    let want = spec.reference(&lhs, &rhs);
+    let acc = round(rng.vec(want.len()));
+    let want_acc: Vec<f32> = acc.iter().zip(&want).map(|(a, w)| a + w).collect();
+    let run = |acc: Option<&[f32]>| match spec.out_shape.len() {
+        3 => block_product::<3>(device, spec, &lhs, &rhs, acc, dtype),
+        _ => block_product::<2>(device, spec, &lhs, &rhs, acc, dtype),
+    };
+    let tol = if dtype == FloatDType::F32 { 1e-5 } else { 1e-3 };
+    let e = rel(&run(None), &want);
+    assert!(e < tol, "{what}: rel err {e}");
+    let e = rel(&run(Some(&acc)), &want_acc);
+    assert!(e < tol, "{what} with an accumulator: rel err {e}");
+}
+
+/// `spec` (3-D operands, a `DO`-dimensional output) on `device` in `dtype`, added to `acc` when
+/// given; the result read back as f32.
 fn block_product<const DO: usize>(
     device: &Device,
     spec: &BlockMatmul,
     lhs: &[f32],
     rhs: &[f32],
     acc: Option<&[f32]>,
+    dtype: FloatDType,
 ) -> Vec<f32> {
     let dims3 = |s: &[usize]| [s[0], s[1], s[2]];
-    let l: Tensor<3> = tensor(lhs, dims3(&spec.lhs_shape), device);
-    let r: Tensor<3> = tensor(rhs, dims3(&spec.rhs_shape), device);
-    host(match acc {
+    let l: Tensor<3> = tensor(lhs, dims3(&spec.lhs_shape), device).cast(dtype);
+    let r: Tensor<3> = tensor(rhs, dims3(&spec.rhs_shape), device).cast(dtype);
+    let out = match acc {
         None => gralora::ops::block_matmul::<3, 3, DO>(l, r, spec.clone()),
         Some(acc) => {
             let out: [usize; DO] = spec.out_shape.clone().try_into().expect("output rank");
-            let acc = tensor(acc, out, device);
+            let acc = tensor(acc, out, device).cast(dtype);
             gralora::ops::block_matmul_acc::<3, 3, DO>(acc, l, r, spec.clone())
         }
-    })
+    };
+    assert_eq!(
+        out.dtype(),
+        DType::from(dtype),
+        "the op keeps its operands' dtype"
+    );
+    host(out.cast(FloatDType::F32))
 }

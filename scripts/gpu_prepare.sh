@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Stages, on this machine, what scripts/gpu_bench.sh needs on a lent GPU machine (which has no cargo
+# and no network), so that a session lent one spends its device minutes measuring, not building:
+#
+#   scripts/gpu_prepare.sh
+#
+# - .gpu/bin: stripped, xz-compressed release builds of `bench_layer`, `gralora` and the test
+#   binaries `kernels` and `tuned_tiles`;
+# - .gpu/minilm: MiniLM's config and tokenizer files (fetched with `gralora fetch minilm` if missing);
+# - .gl: the Vulkan and GL loaders as Debian packages (amd64), which the GPU machine may lack.
+# Both folders are ignored by git and travel with `carry`. It ends by printing the device commands.
+# The first release build takes about 25 minutes on 2 cores (23 measured), later ones seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/gralora-target}
+export GRALORA_HOME=${GRALORA_HOME:-$HOME/.cache/gralora}
+
+# Two test binaries: with cube_twin and split_k too the staged files pass the 64 MiB a device call
+# carries (each is ~10 MB compressed; tuned_tiles runs the split-K plans as well).
+tests=(kernels tuned_tiles)
+rm -rf .gpu && mkdir -p .gpu/bin .gpu/minilm
+# --workspace, so that burn's features unify as in every other build (a single -p rebuilds burn).
+echo "gpu_prepare: building (release) gralora, bench_layer and the tests ${tests[*]}" >&2
+json=(--release --workspace --message-format=json-render-diagnostics)
+cargo build "${json[@]}" --bin gralora --example bench_layer >.gpu/build.json
+targets=()
+for t in "${tests[@]}"; do targets+=(--test "$t"); done
+cargo test "${json[@]}" --no-run "${targets[@]}" >>.gpu/build.json
+python3 - .gpu/build.json .gpu/bin <<'EOF'
+import json, shutil, sys
+wanted = {"gralora": "bin", "bench_layer": "example", "kernels": "test", "tuned_tiles": "test"}
+found = {}
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    name, kinds = m["target"]["name"], m["target"]["kind"]
+    # `cargo test` also builds the binary's own unit-test harness, under the same name.
+    if wanted.get(name) in kinds and (wanted[name] == "test") == m["profile"]["test"]:
+        found[name] = m["executable"]
+missing = set(wanted) - set(found)
+if missing:
+    sys.exit(f"gpu_prepare: cargo built no executable for {sorted(missing)}")
+for name, path in found.items():
+    shutil.copy(path, f"{sys.argv[2]}/{name}")
+EOF
+rm .gpu/build.json
+# Stripped and xz-compressed (the test binaries are ~66 MB each stripped, ~10 MB compressed);
+# gpu_bench.sh unpacks them.
+strip .gpu/bin/*
+xz -T0 -9 .gpu/bin/*
+
+if [ ! -f "$GRALORA_HOME/minilm/tokenizer.json" ]; then
+    cargo run -q --release --bin gralora -- fetch minilm
+fi
+for f in config.json tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt; do
+    cp "$GRALORA_HOME/minilm/$f" .gpu/minilm/
+done
+
+if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
+    mkdir -p .gl /tmp/amd64/partial
+    o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
+    apt-get "${o[@]}" update -qq
+    (cd .gl && apt-get "${o[@]}" download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+fi
+
+size=$(du -sm .gpu .gl | awk '{s += $1} END {print s}')
+echo "gpu_prepare: .gpu and .gl hold ${size} MiB (a device call carries at most 64 MiB with the tree)" >&2
+cat <<'EOF'
+Two device calls, back to back (the machine stays warm 30 s between them), each with
+carry [".gpu", ".gl"] and timeout_s 600 (the script stops its steps by GPU_BENCH_SECONDS):
+for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json; GPU_BENCH_SECONDS=540 bash scripts/gpu_bench.sh .gpu/bin .gpu/minilm $OUT layer,tests
+(the same, ending in `$OUT step`)
+EOF
