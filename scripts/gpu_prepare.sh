@@ -45,7 +45,7 @@ for name, path in found.items():
     shutil.copy(path, f"{sys.argv[2]}/{name}")
 EOF
 rm .gpu/build.json
-# Stripped and xz-compressed (the test binaries are ~66 MB each stripped, ~10 MB compressed);
+# Stripped and xz-compressed (63-83 MiB each stripped, 10-14 MB compressed);
 # gpu_bench.sh unpacks them.
 strip .gpu/bin/*
 xz -T0 -9 .gpu/bin/*
