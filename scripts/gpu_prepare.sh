@@ -18,15 +18,19 @@ export GRALORA_HOME=${GRALORA_HOME:-$HOME/.cache/gralora}
 # Two test binaries: with cube_twin and split_k too the staged files pass the 64 MiB a device call
 # carries (each is ~10 MB compressed; tuned_tiles runs the split-K plans as well).
 tests=(kernels tuned_tiles)
-rm -rf .gpu && mkdir -p .gpu/bin .gpu/minilm
+# Staged in .gpu.new and .gl.new, renamed once complete: a failed run leaves the old folders as
+# they were and nothing half-written.
+stage=.gpu.new gl_stage=.gl.new
+trap 'rm -rf "$stage" "$gl_stage"' EXIT
+rm -rf "$stage" && mkdir -p "$stage/bin" "$stage/minilm"
 # --workspace, so that burn's features unify as in every other build (a single -p rebuilds burn).
 echo "gpu_prepare: building (release) gralora, bench_layer and the tests ${tests[*]}" >&2
 json=(--release --workspace --message-format=json-render-diagnostics)
-cargo build "${json[@]}" --bin gralora --example bench_layer >.gpu/build.json
+cargo build "${json[@]}" --bin gralora --example bench_layer >"$stage/build.json"
 targets=()
 for t in "${tests[@]}"; do targets+=(--test "$t"); done
-cargo test "${json[@]}" --no-run "${targets[@]}" >>.gpu/build.json
-python3 - .gpu/build.json .gpu/bin <<'EOF'
+cargo test "${json[@]}" --no-run "${targets[@]}" >>"$stage/build.json"
+python3 - "$stage/build.json" "$stage/bin" <<'EOF'
 import json, shutil, sys
 wanted = {"gralora": "bin", "bench_layer": "example", "kernels": "test", "tuned_tiles": "test"}
 found = {}
@@ -44,28 +48,36 @@ if missing:
 for name, path in found.items():
     shutil.copy(path, f"{sys.argv[2]}/{name}")
 EOF
-rm .gpu/build.json
+rm "$stage/build.json"
 # Stripped and xz-compressed (63-83 MiB each stripped, 10-14 MB compressed);
 # gpu_bench.sh unpacks them.
-strip .gpu/bin/*
-xz -T0 -9 .gpu/bin/*
+strip "$stage"/bin/*
+xz -T0 -9 "$stage"/bin/*
 
 if [ ! -f "$GRALORA_HOME/minilm/tokenizer.json" ]; then
     cargo run -q --release --bin gralora -- fetch minilm
 fi
 for f in config.json tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt; do
-    cp "$GRALORA_HOME/minilm/$f" .gpu/minilm/
+    cp "$GRALORA_HOME/minilm/$f" "$stage/minilm/"
 done
 
-if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
-    mkdir -p .gl /tmp/amd64/partial
+debs=(libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+have_debs() { for d in "${debs[@]}"; do ls .gl/"${d}"_*.deb >/dev/null 2>&1 || return 1; done; }
+if ! have_debs; then
+    rm -rf "$gl_stage" && mkdir -p "$gl_stage" /tmp/amd64/partial
     o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
     apt-get "${o[@]}" update -qq
-    (cd .gl && apt-get "${o[@]}" download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+    (cd "$gl_stage" && apt-get "${o[@]}" download "${debs[@]}")
+    rm -rf .gl && mv "$gl_stage" .gl
 fi
+rm -rf .gpu && mv "$stage" .gpu
 
 size=$(du -sm .gpu .gl | awk '{s += $1} END {print s}')
 echo "gpu_prepare: .gpu and .gl hold ${size} MiB (a device call carries at most 64 MiB with the tree)" >&2
+if [ "$size" -gt 58 ]; then
+    echo "gpu_prepare: ${size} MiB leaves too little of a call's 64 MiB for the ~4 MiB tree; stage fewer test binaries (tests=... above)" >&2
+    exit 1
+fi
 cat <<'EOF'
 Two device calls, back to back (the machine stays warm 30 s between them), each with
 carry [".gpu", ".gl"] and timeout_s 600 (the script stops its steps by GPU_BENCH_SECONDS):
