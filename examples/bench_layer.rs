@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "2,4")]
     ks: Vec<usize>,
     /// Run the op's block matmuls with the tuner's candidate N instead of the tuned plan (0 to
-    /// `gralora::ops::tuned_candidates()` - 1; the last is the two-pass form). Applies where the
+    /// `gralora::kernels::KernelPolicy::CANDIDATES` - 1; the last is the two-pass form). Applies where the
     /// tiled kernel runs: a GPU, or a software device with GRALORA_WGSL_TILED=1.
     #[arg(long)]
     candidate: Option<usize>,
@@ -128,16 +128,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("CPU GEMM: {}", blas.describe());
         gralora::blas::set(Some(blas));
     }
+    // The kernel switches of docs/DEVELOPING.md, as the `gralora` binary reads them.
+    let mut policy = gralora::kernels::KernelPolicy::from_vars(|k| std::env::var(k).ok())?;
     if let Some(i) = args.candidate {
         if args.device != "wgpu" {
             return Err("--candidate applies to --device wgpu (the tiled kernel's tuner)".into());
         }
-        let n = gralora::ops::tuned_candidates();
+        let n = gralora::kernels::KernelPolicy::CANDIDATES;
         if i >= n {
             return Err(format!("--candidate {i}: the tuner has candidates 0 to {}", n - 1).into());
         }
-        gralora::ops::force_tuned_candidate(Some(i));
+        policy.candidate = Some(i);
     }
+    gralora::kernels::set_kernel_policy(policy);
     let base = gralora::device::select(&args.device)?;
     if args.device == "wgpu" {
         // Which adapter the numbers come from (burn takes the first of the best kind: a discrete GPU first).

@@ -9,8 +9,8 @@
 # `step` whole training steps against PyTorch + PEFT. All three take more than one 10-minute device
 # call: run `layer,tests` in one and `step` in the next.
 #
-# BIN_DIR holds `bench_layer` and `gralora` (release builds) and the test binaries `kernels`,
-# `cube_twin`, `split_k` and `tuned_tiles` (any missing one is skipped), plain or as NAME.xz;
+# BIN_DIR holds `bench_layer` and `gralora` (release builds) and the test binaries `kernels` and
+# `kernel_forms` (every kernel form, forced through KernelPolicy; a missing one is skipped), plain or as NAME.xz;
 # MINILM_DIR holds MiniLM's config.json and tokenizer files (the weights are not needed: a randomly
 # initialised model of the same shapes is written, since timings do not depend on values).
 # `scripts/gpu_prepare.sh` stages both, and prints the device commands.
@@ -92,7 +92,7 @@ if has layer; then
 fi
 if has tests; then
     # Each binary with its limit, the most telling first (the layer part and this one fit 540 s).
-    for t in kernels:45 tuned_tiles:60 split_k:30 cube_twin:30; do
+    for t in kernels:45 kernel_forms:120; do
         if [ -x "$bin/${t%:*}" ]; then
             step "${t%:*}" "${t#*:}" env GRALORA_REQUIRE_WGPU=1 "$bin/${t%:*}" --test-threads 1
         fi

@@ -5,7 +5,7 @@
 #   scripts/gpu_prepare.sh
 #
 # - .gpu/bin: stripped, xz-compressed release builds of `bench_layer`, `gralora` and the test
-#   binaries `kernels` and `tuned_tiles`;
+#   binaries `kernels` and `kernel_forms`;
 # - .gpu/minilm: MiniLM's config and tokenizer files (fetched with `gralora fetch minilm` if missing);
 # - .gl: the Vulkan and GL loaders as Debian packages (amd64), which the GPU machine may lack.
 # Both folders are ignored by git and travel with `carry`. It ends by printing the device commands.
@@ -15,9 +15,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/gralora-target}
 export GRALORA_HOME=${GRALORA_HOME:-$HOME/.cache/gralora}
 
-# Two test binaries: with cube_twin and split_k too the staged files pass the 64 MiB a device call
-# carries (each is ~10 MB compressed; tuned_tiles runs the split-K plans as well).
-tests=(kernels tuned_tiles)
+# Two test binaries (each ~10 MB compressed): the default forms, and every other form forced
+# through KernelPolicy in one binary.
+tests=(kernels kernel_forms)
 # Staged in .gpu.new and .gl.new, renamed once complete: a failed run leaves the old folders as
 # they were and nothing half-written.
 stage=.gpu.new gl_stage=.gl.new
@@ -32,7 +32,7 @@ for t in "${tests[@]}"; do targets+=(--test "$t"); done
 cargo test "${json[@]}" --no-run "${targets[@]}" >>"$stage/build.json"
 python3 - "$stage/build.json" "$stage/bin" <<'EOF'
 import json, shutil, sys
-wanted = {"gralora": "bin", "bench_layer": "example", "kernels": "test", "tuned_tiles": "test"}
+wanted = {"gralora": "bin", "bench_layer": "example", "kernels": "test", "kernel_forms": "test"}
 found = {}
 for line in open(sys.argv[1]):
     m = json.loads(line)

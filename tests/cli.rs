@@ -185,6 +185,72 @@ fn bad_arguments_are_one_line_errors() {
     assert_one_line_error(&o, &["gralora fetch minilm"]);
 }
 
+/// Usage errors exit with 2, other failures with 1; a library setting is named by its flag, and a
+/// run with bad settings leaves no directory behind.
+#[test]
+fn usage_errors_exit_with_2_and_name_the_flag() {
+    let o = gralora(
+        &[
+            "infer", "--model", "minilm", "--text", "x", "--device", "tpu",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let scratch = Scratch::new("cli-usage");
+    let out = scratch.join("run");
+    let o = gralora(
+        &[
+            "train",
+            "--model",
+            "minilm",
+            "--task",
+            "sst2",
+            "--epochs",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, &["--epochs must be at least 1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        !out.exists(),
+        "no run directory before the settings are valid"
+    );
+    let o = gralora(
+        &[
+            "train",
+            "--model",
+            "minilm",
+            "--task",
+            "sst3",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, &["sst3", "sst2", "arc-e"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = gralora(&["fetch", "minilm"], &[("GRALORA_SPLIT_K", "many")]);
+    assert_one_line_error(&o, &["GRALORA_SPLIT_K", "many"]);
+    assert_eq!(o.status.code(), Some(2));
+    // A model directory without its files is a failure, not a usage error.
+    let o = gralora(
+        &[
+            "infer",
+            "--model",
+            scratch.to_str().unwrap(),
+            "--text",
+            "x",
+            "--device",
+            "flex",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
+
 #[test]
 fn fetch_without_pip_or_network_fails_cleanly_and_leaves_nothing_behind() {
     let scratch = Scratch::new("cli-fetch");

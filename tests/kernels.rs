@@ -14,7 +14,7 @@ use gralora::{AdaptedLinear, Adapter, GraLoraConfig, Init};
 
 #[test]
 fn block_matmul_matches_its_definition_on_every_map_kind() {
-    let before = gralora::ops::direct_kernel_launches();
+    let before = gralora::kernels::kernel_stats().direct;
     for (name, device) in devices() {
         for (i, spec) in map_kind_specs().iter().enumerate() {
             assert_block_matmul_matches_definition(&format!("{name} spec {i}"), &device, spec);
@@ -24,7 +24,7 @@ fn block_matmul_matches_its_definition_on_every_map_kind() {
     let adapters = gralora::device::wgpu_adapters();
     if !adapters.is_empty() && !gralora::device::has_gpu() {
         assert!(
-            gralora::ops::direct_kernel_launches() > before,
+            gralora::kernels::kernel_stats().direct > before,
             "a software device must run the direct kernel"
         );
     }
@@ -32,7 +32,7 @@ fn block_matmul_matches_its_definition_on_every_map_kind() {
 
 #[test]
 fn kernel_forward_and_gradients_equal_the_composite_reference() {
-    let before = gralora::ops::shared_kernel_launches();
+    let before = gralora::kernels::kernel_stats().shared;
     // (T, in = out, r, k): tile remainders, T = 1, k up to 8, r up to 256, and the bench grid's shapes.
     let grid = [
         (1, 64, 16, 2),
@@ -58,7 +58,7 @@ fn kernel_forward_and_gradients_equal_the_composite_reference() {
         .iter()
         .any(|a| a.name.starts_with("llvmpipe") && a.backend == wgpu::Backend::Vulkan);
     if lavapipe && !gralora::device::has_gpu() {
-        let after = gralora::ops::shared_kernel_launches();
+        let after = gralora::kernels::kernel_stats().shared;
         assert!(
             after[0] > before[0] && after[1] > before[1],
             "lavapipe must share lhs and rhs loads: {before:?} -> {after:?}"

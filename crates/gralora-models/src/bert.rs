@@ -143,18 +143,18 @@ impl BertLayer {
         let k = self.key.forward(x.clone());
         let v = self.value.forward(x.clone());
         let scores = gralora::ops::head_scores(q, k, h);
-        let probs = crate::softmax::scaled_softmax(scores, bias, 1.0 / (dh as f32).sqrt());
-        let probs = crate::dropout::apply(&self.attn_dropout, probs);
+        let probs = crate::ops::softmax::scaled_softmax(scores, bias, 1.0 / (dh as f32).sqrt());
+        let probs = crate::ops::dropout::apply(&self.attn_dropout, probs);
         let ctx = gralora::ops::head_context(probs, v);
-        let a = crate::dropout::apply(&self.dropout, self.attn_out.forward(ctx));
+        let a = crate::ops::dropout::apply(&self.dropout, self.attn_out.forward(ctx));
         let x = self.attn_norm.forward(a + x);
         let inner = self.intermediate.forward(x.clone());
         let inner = match self.act.as_str() {
             "relu" => burn::tensor::activation::relu(inner),
             "gelu_new" | "gelu_pytorch_tanh" => burn::tensor::activation::gelu_approximate(inner),
-            _ => crate::gelu::gelu(inner),
+            _ => crate::ops::gelu::gelu(inner),
         };
-        let o = crate::dropout::apply(&self.dropout, self.output.forward(inner));
+        let o = crate::ops::dropout::apply(&self.dropout, self.output.forward(inner));
         self.out_norm.forward(o + x)
     }
 }
@@ -191,7 +191,7 @@ pub struct BertInput {
 
 impl BertInput {
     /// Pad encoded texts (with id `pad`) into one batch on `device`.
-    pub fn from_encoded(encoded: &[crate::Encoded], pad: u32, device: &Device) -> Self {
+    pub fn from_encoded(encoded: &[crate::tokenizer::Encoded], pad: u32, device: &Device) -> Self {
         Self::from_encoded_to(encoded, pad, 1, device)
     }
 
@@ -199,7 +199,7 @@ impl BertInput {
     /// `multiple` (never past the longest text when that is already a multiple). Masked padding
     /// changes no output, and on a GPU fewer distinct lengths mean fewer kernels compiled and tuned.
     pub fn from_encoded_to(
-        encoded: &[crate::Encoded],
+        encoded: &[crate::tokenizer::Encoded],
         pad: u32,
         multiple: usize,
         device: &Device,
@@ -294,49 +294,49 @@ impl Bert {
     }
 
     /// All weights under Hugging Face `BertModel` names, adapters merged into their layers.
-    pub fn export(&self) -> crate::weights::Export {
+    pub fn export(&self) -> crate::error::Result<crate::weights::Export> {
         use crate::weights::{export_embedding, export_layer_norm, export_linear};
         let mut out = Vec::new();
         export_embedding(
             &mut out,
             "embeddings.word_embeddings",
             &self.word_embeddings,
-        );
+        )?;
         export_embedding(
             &mut out,
             "embeddings.position_embeddings",
             &self.position_embeddings,
-        );
+        )?;
         export_embedding(
             &mut out,
             "embeddings.token_type_embeddings",
             &self.token_type_embeddings,
-        );
-        export_layer_norm(&mut out, "embeddings.LayerNorm", &self.embed_norm);
+        )?;
+        export_layer_norm(&mut out, "embeddings.LayerNorm", &self.embed_norm)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("encoder.layer.{l}");
-            export_linear(&mut out, &format!("{p}.attention.self.query"), &layer.query);
-            export_linear(&mut out, &format!("{p}.attention.self.key"), &layer.key);
-            export_linear(&mut out, &format!("{p}.attention.self.value"), &layer.value);
+            export_linear(&mut out, &format!("{p}.attention.self.query"), &layer.query)?;
+            export_linear(&mut out, &format!("{p}.attention.self.key"), &layer.key)?;
+            export_linear(&mut out, &format!("{p}.attention.self.value"), &layer.value)?;
             export_linear(
                 &mut out,
                 &format!("{p}.attention.output.dense"),
                 &layer.attn_out,
-            );
+            )?;
             export_layer_norm(
                 &mut out,
                 &format!("{p}.attention.output.LayerNorm"),
                 &layer.attn_norm,
-            );
+            )?;
             export_linear(
                 &mut out,
                 &format!("{p}.intermediate.dense"),
                 &layer.intermediate,
-            );
-            export_linear(&mut out, &format!("{p}.output.dense"), &layer.output);
-            export_layer_norm(&mut out, &format!("{p}.output.LayerNorm"), &layer.out_norm);
+            )?;
+            export_linear(&mut out, &format!("{p}.output.dense"), &layer.output)?;
+            export_layer_norm(&mut out, &format!("{p}.output.LayerNorm"), &layer.out_norm)?;
         }
-        out
+        Ok(out)
     }
 
     /// Hidden size.
@@ -354,7 +354,7 @@ impl Bert {
         let x = self.word_embeddings.forward(input.ids.clone())
             + self.position_embeddings.forward(positions)
             + self.token_type_embeddings.forward(input.type_ids.clone());
-        let mut x = crate::dropout::apply(&self.dropout, self.embed_norm.forward(x));
+        let mut x = crate::ops::dropout::apply(&self.dropout, self.embed_norm.forward(x));
         // Additive mask: 0 for real keys, -1e9 for padding; [b, 1, 1, t].
         let bias = (input.mask.clone() - 1.0)
             .mul_scalar(1e9)
@@ -437,7 +437,7 @@ impl BertClassifier {
         };
         let pooled = Bert::pool(self.bert.forward(input), &input.mask, pooling);
         self.classifier
-            .forward(crate::dropout::apply(&self.dropout, pooled))
+            .forward(crate::ops::dropout::apply(&self.dropout, pooled))
     }
 }
 

@@ -21,13 +21,11 @@
 
 pub mod assets;
 pub mod bert;
-pub mod dropout;
 mod error;
 pub mod fastmath;
-pub mod gelu;
 pub mod gguf;
 pub mod llama;
-pub mod softmax;
+pub mod ops;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;

@@ -306,38 +306,34 @@ impl Llama {
 
     /// All weights under Hugging Face `LlamaForCausalLM` names, adapters merged into their layers
     /// (`lm_head.weight` only when the head is not tied).
-    pub fn export(&self) -> crate::weights::Export {
+    pub fn export(&self) -> crate::error::Result<crate::weights::Export> {
         use crate::weights::{export_embedding, export_linear, export_rms_norm};
         let mut out = Vec::new();
-        export_embedding(&mut out, "model.embed_tokens", &self.embed_tokens);
+        export_embedding(&mut out, "model.embed_tokens", &self.embed_tokens)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
-            export_rms_norm(&mut out, &format!("{p}.input_layernorm"), &layer.input_norm);
-            export_linear(&mut out, &format!("{p}.self_attn.q_proj"), &layer.q_proj);
-            export_linear(&mut out, &format!("{p}.self_attn.k_proj"), &layer.k_proj);
-            export_linear(&mut out, &format!("{p}.self_attn.v_proj"), &layer.v_proj);
-            export_linear(&mut out, &format!("{p}.self_attn.o_proj"), &layer.o_proj);
+            export_rms_norm(&mut out, &format!("{p}.input_layernorm"), &layer.input_norm)?;
+            export_linear(&mut out, &format!("{p}.self_attn.q_proj"), &layer.q_proj)?;
+            export_linear(&mut out, &format!("{p}.self_attn.k_proj"), &layer.k_proj)?;
+            export_linear(&mut out, &format!("{p}.self_attn.v_proj"), &layer.v_proj)?;
+            export_linear(&mut out, &format!("{p}.self_attn.o_proj"), &layer.o_proj)?;
             export_rms_norm(
                 &mut out,
                 &format!("{p}.post_attention_layernorm"),
                 &layer.post_norm,
-            );
-            export_linear(&mut out, &format!("{p}.mlp.gate_proj"), &layer.gate_proj);
-            export_linear(&mut out, &format!("{p}.mlp.up_proj"), &layer.up_proj);
-            export_linear(&mut out, &format!("{p}.mlp.down_proj"), &layer.down_proj);
+            )?;
+            export_linear(&mut out, &format!("{p}.mlp.gate_proj"), &layer.gate_proj)?;
+            export_linear(&mut out, &format!("{p}.mlp.up_proj"), &layer.up_proj)?;
+            export_linear(&mut out, &format!("{p}.mlp.down_proj"), &layer.down_proj)?;
         }
-        export_rms_norm(&mut out, "model.norm", &self.norm);
+        export_rms_norm(&mut out, "model.norm", &self.norm)?;
         if let Some(head) = &self.lm_head {
             let w = head.weight.val().transpose();
             let [v, d] = w.dims();
-            let data = w
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .unwrap_or_default();
+            let data = gralora::io::read_f32(w)?;
             out.push(("lm_head.weight".to_string(), vec![v, d], data));
         }
-        out
+        Ok(out)
     }
 
     /// Rotary cos/sin tables `[len, head_dim]` for positions `start..start+len` (rotate-half layout).
@@ -444,7 +440,7 @@ impl Llama {
             let (k, v) = (expand(k), expand(v));
             let scores = q.matmul(k.swap_dims(2, 3));
             let scale = 1.0 / (hd as f32).sqrt();
-            let ctx = crate::softmax::scaled_softmax(scores, bias.clone(), scale)
+            let ctx = crate::ops::softmax::scaled_softmax(scores, bias.clone(), scale)
                 .matmul(v)
                 .swap_dims(1, 2)
                 .reshape([b, t, h * hd]);
@@ -643,10 +639,7 @@ impl Sampler {
 }
 
 fn to_host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| ModelError::Input(format!("reading a result back from the device: {e:?}")))
+    Ok(gralora::io::read_f32(t)?)
 }
 
 fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {

@@ -231,8 +231,8 @@ impl LoadedModel {
 
     fn write_snapshot_into(&self, source: &ModelSource, dir: &Path) -> Result<()> {
         let tensors = match self {
-            Self::Encoder { model, .. } => model.export(),
-            Self::Decoder { model, .. } => model.export(),
+            Self::Encoder { model, .. } => model.export()?,
+            Self::Decoder { model, .. } => model.export()?,
         };
         match source {
             ModelSource::HfDir(src) => {

@@ -23,6 +23,7 @@ pub struct Encoded {
 }
 
 /// A tokenizer plus the special tokens a model needs.
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
     path: PathBuf,

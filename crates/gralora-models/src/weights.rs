@@ -229,48 +229,53 @@ impl<'a> Loader<'a> {
 /// Tensors to write as a Hugging Face checkpoint: `(name, PyTorch shape, f32 data)`.
 pub type Export = Vec<(String, Vec<usize>, Vec<f32>)>;
 
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default()
+fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    Ok(gralora::io::read_f32(t)?)
 }
 
 /// `{name}.weight` `[out, in]` (+ `{name}.bias`) of a linear layer, with its adapter's ΔW merged in
 /// when one is attached (and not merged already).
-pub fn export_linear(out: &mut Export, name: &str, layer: &gralora::AdaptedLinear) {
+pub fn export_linear(out: &mut Export, name: &str, layer: &gralora::AdaptedLinear) -> Result<()> {
     let (d_in, d_out) = layer.dims();
     let mut w = layer.base.weight.val();
     if let (Some(delta), false) = (layer.delta_weight(), layer.merged) {
         w = w + delta;
     }
-    let w = to_vec(w);
+    let w = to_vec(w)?;
     let t = transpose(&w, d_in, d_out);
     out.push((format!("{name}.weight"), vec![d_out, d_in], t));
     if let Some(b) = &layer.base.bias {
-        out.push((format!("{name}.bias"), vec![d_out], to_vec(b.val())));
+        out.push((format!("{name}.bias"), vec![d_out], to_vec(b.val())?));
     }
+    Ok(())
 }
 
 /// `{name}.weight` of an embedding table.
-pub fn export_embedding(out: &mut Export, name: &str, e: &Embedding) {
+pub fn export_embedding(out: &mut Export, name: &str, e: &Embedding) -> Result<()> {
     let [n, d] = e.weight.shape().dims::<2>();
-    out.push((format!("{name}.weight"), vec![n, d], to_vec(e.weight.val())));
+    out.push((
+        format!("{name}.weight"),
+        vec![n, d],
+        to_vec(e.weight.val())?,
+    ));
+    Ok(())
 }
 
 /// `{name}.weight` / `{name}.bias` of a layer norm.
-pub fn export_layer_norm(out: &mut Export, name: &str, n: &LayerNorm) {
+pub fn export_layer_norm(out: &mut Export, name: &str, n: &LayerNorm) -> Result<()> {
     let [d] = n.gamma.shape().dims::<1>();
-    out.push((format!("{name}.weight"), vec![d], to_vec(n.gamma.val())));
+    out.push((format!("{name}.weight"), vec![d], to_vec(n.gamma.val())?));
     if let Some(b) = &n.beta {
-        out.push((format!("{name}.bias"), vec![d], to_vec(b.val())));
+        out.push((format!("{name}.bias"), vec![d], to_vec(b.val())?));
     }
+    Ok(())
 }
 
 /// `{name}.weight` of an RMS norm.
-pub fn export_rms_norm(out: &mut Export, name: &str, n: &burn::nn::RmsNorm) {
+pub fn export_rms_norm(out: &mut Export, name: &str, n: &burn::nn::RmsNorm) -> Result<()> {
     let [d] = n.gamma.shape().dims::<1>();
-    out.push((format!("{name}.weight"), vec![d], to_vec(n.gamma.val())));
+    out.push((format!("{name}.weight"), vec![d], to_vec(n.gamma.val())?));
+    Ok(())
 }
 
 /// Write tensors as `model.safetensors` (F32), atomically (temp file + rename).

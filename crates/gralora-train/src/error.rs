@@ -8,6 +8,15 @@ pub enum TrainError {
     /// A bad argument or combination of arguments.
     #[error("{0}")]
     Usage(String),
+    /// A setting out of its domain, named as in `train_config.json` (the command line maps it
+    /// to its flag).
+    #[error("{setting} {msg}")]
+    Setting {
+        /// The setting (`epochs`, `lr`, ...).
+        setting: &'static str,
+        /// What is wrong with its value.
+        msg: String,
+    },
     /// A data file is missing or malformed.
     #[error("{path}: {msg}")]
     Data {
@@ -48,6 +57,14 @@ pub enum TrainError {
 }
 
 impl TrainError {
+    /// Setting `setting` is wrong: `msg`.
+    pub fn setting(setting: &'static str, msg: impl Into<String>) -> Self {
+        Self::Setting {
+            setting,
+            msg: msg.into(),
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {

@@ -14,10 +14,10 @@ use std::fmt;
 use burn::module::{Module, ModuleVisitor, Param, Reparameterization, Reparameterizer};
 use burn::tensor::Tensor;
 
-use crate::AdapterError;
 use crate::adapted_linear::AdapterHost;
 use crate::adapter::Adapter;
 use crate::config::AdapterConfig;
+use crate::error::AdapterError;
 use crate::targets::{AdaptOptions, LinearInfo};
 
 /// One adapted layer, for reports.

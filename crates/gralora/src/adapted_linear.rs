@@ -6,9 +6,9 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Tensor};
 
-use crate::AdapterError;
 use crate::adapter::Adapter;
 use crate::config::AdapterConfig;
+use crate::error::AdapterError;
 
 /// `y = x W + b + s · adapter(dropout(x))`.
 ///
@@ -46,6 +46,8 @@ pub struct InputStats {
     pub sum_abs: Vec<f64>,
     /// `max |x_c|` over the rows, per input channel.
     pub max_abs: Vec<f32>,
+    /// The first failed device read: [`InputProbe::stats`] reports it.
+    read_error: Option<AdapterError>,
 }
 
 impl InputStats {
@@ -62,32 +64,36 @@ impl InputProbe {
         Self::default()
     }
 
-    /// A copy of the statistics so far.
-    pub fn stats(&self) -> InputStats {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    /// A copy of the statistics so far, or the error of a device read that failed while recording.
+    pub fn stats(&self) -> Result<InputStats, AdapterError> {
+        let s = self.0.lock().map(|s| s.clone()).unwrap_or_default();
+        match s.read_error {
+            Some(e) => Err(e),
+            None => Ok(s),
+        }
     }
 
     /// Add the rows of `x: [T, in]`.
     pub fn record(&self, x: &Tensor<2>) {
         let [rows, d_in] = x.dims();
         let abs = x.clone().detach().abs();
-        let read = |t: Tensor<2>| -> Vec<f32> {
-            t.into_data()
-                .convert::<f32>()
-                .try_to_vec()
-                .unwrap_or_default()
-        };
-        let sums = read(abs.clone().sum_dim(0));
-        let maxes = read(abs.max_dim(0));
-        if sums.len() != d_in || maxes.len() != d_in {
-            return;
-        }
+        let read = crate::io::read_f32(abs.clone().sum_dim(0))
+            .and_then(|sums| Ok((sums, crate::io::read_f32(abs.max_dim(0))?)));
         let Ok(mut s) = self.0.lock() else { return };
+        // A probe observes a forward pass and cannot fail it: a failed read is kept for `stats`.
+        let (sums, maxes) = match read {
+            Ok(v) => v,
+            Err(e) => {
+                s.read_error.get_or_insert(e);
+                return;
+            }
+        };
         if s.sum_abs.len() != d_in {
             *s = InputStats {
                 tokens: 0,
                 sum_abs: vec![0.0; d_in],
                 max_abs: vec![0.0; d_in],
+                read_error: None,
             };
         }
         s.tokens += rows;
@@ -261,7 +267,7 @@ mod tests {
             TensorData::new(b.to_vec(), [1, 3]),
             &device,
         ));
-        let s = probe.stats();
+        let s = probe.stats().unwrap();
         assert_eq!(s.tokens, 5);
         let rows: Vec<&[f32]> = a.chunks(3).chain(b.chunks(3)).collect();
         for c in 0..3 {

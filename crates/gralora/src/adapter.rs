@@ -4,8 +4,9 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::AdapterConfig;
-use crate::gralora::GraLoraAdapter;
-use crate::lora::LoraAdapter;
+use crate::error::AdapterError;
+use crate::methods::gralora::GraLoraAdapter;
+use crate::methods::lora::LoraAdapter;
 
 /// The adapter attached to one linear layer.
 #[derive(Module, Debug)]
@@ -57,6 +58,51 @@ impl Adapter {
         match self {
             Self::Lora(a) => a.delta_weight(),
             Self::GraLora(a) => a.delta_weight(),
+        }
+    }
+
+    /// The parameters LoRA+ trains at its higher learning rate (the B matrices).
+    pub fn b_param_ids(&self) -> Vec<burn::module::ParamId> {
+        match self {
+            Self::Lora(a) => a.b_param_ids(),
+            Self::GraLora(a) => a.b_param_ids(),
+        }
+    }
+
+    /// The weight-space direction of one SGD step on this adapter: ΔW is bilinear in (A, B), so
+    /// `D = ΔW(∂L/∂A, B) + ΔW(A, ∂L/∂B)` (for LoRA `s²(G BᵀB + A AᵀG)`, blockwise for GraLoRA).
+    ///
+    /// # Shapes
+    /// - grad_a, grad_b: the shapes of A and B as `[k, …]` (`k = 1` for LoRA)
+    /// - output: `[in, out]`
+    ///
+    /// Hybrid GraLoRA's extra pair is not supported (an error).
+    pub fn update_direction(
+        &self,
+        grad_a: Tensor<3>,
+        grad_b: Tensor<3>,
+    ) -> Result<Tensor<2>, AdapterError> {
+        match self {
+            Self::Lora(l) => {
+                let (a, b, s) = (l.a.val(), l.b.val(), l.scale);
+                let ga: Tensor<2> = grad_a.squeeze_dim(0);
+                let gb: Tensor<2> = grad_b.squeeze_dim(0);
+                Ok(LoraAdapter::from_tensors(ga, b, s).delta_weight()
+                    + LoraAdapter::from_tensors(a, gb, s).delta_weight())
+            }
+            Self::GraLora(g) => {
+                if g.general.is_some() {
+                    return Err(AdapterError::State(
+                        "the update direction of hybrid GraLoRA (hybrid_r > 0) is not defined here"
+                            .into(),
+                    ));
+                }
+                let (a, b, s) = (g.a.val(), g.b.val(), g.scale);
+                Ok(
+                    GraLoraAdapter::from_tensors(grad_a, b, None, s).delta_weight()
+                        + GraLoraAdapter::from_tensors(a, grad_b, None, s).delta_weight(),
+                )
+            }
         }
     }
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::AdapterError;
+use crate::error::AdapterError;
 
 /// How the adapter factors start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

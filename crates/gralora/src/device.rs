@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, DeviceKind};
 
-use crate::AdapterError;
+use crate::error::AdapterError;
 
 /// The wgpu adapters present (any backend wgpu was built with), without initialising burn's runtime.
 pub fn wgpu_adapters() -> Vec<wgpu::AdapterInfo> {

@@ -50,6 +50,9 @@ pub enum AdapterError {
     /// A PEFT adapter directory that cannot be read, does not fit the model, or cannot be written.
     #[error("{0}")]
     Peft(String),
+    /// A tensor could not be read back from its device.
+    #[error("reading a tensor back from the device failed: {0}")]
+    DeviceRead(String),
     /// A configuration file could not be parsed.
     #[error("adapter configuration is not valid JSON for gralora: {0}")]
     Parse(String),

@@ -3,7 +3,19 @@
 
 use std::path::Path;
 
+use burn::tensor::Tensor;
 use safetensors::Dtype;
+
+use crate::error::AdapterError;
+
+/// A float tensor's values on the host as f32. A failed device read is an error, never an empty
+/// vector.
+pub fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, AdapterError> {
+    t.try_into_data_as::<f32>()
+        .map_err(|e| AdapterError::DeviceRead(format!("{e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| AdapterError::DeviceRead(format!("{e:?}")))
+}
 
 /// Decode little-endian F32, F16 or BF16 bytes to f32; `None` for any other dtype.
 pub fn decode_floats(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {

@@ -16,14 +16,14 @@ use regex::Regex;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde_json::{Value, json};
 
-use crate::AdapterError;
 use crate::adapt::{AdaptReport, AdaptedLayer};
 use crate::adapted_linear::AdapterHost;
 use crate::adapter::Adapter;
 use crate::config::{AdapterConfig, GraLoraConfig, Init, LoraConfig};
-use crate::gralora::GraLoraAdapter;
+use crate::error::AdapterError;
 use crate::io::{decode_floats, f32_bytes, transpose};
-use crate::lora::LoraAdapter;
+use crate::methods::gralora::GraLoraAdapter;
+use crate::methods::lora::LoraAdapter;
 
 /// The prefix PEFT puts before module paths.
 pub const PREFIX: &str = "base_model.model.";
@@ -412,13 +412,6 @@ pub fn load_peft<M: AdapterHost>(
     Ok(report)
 }
 
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default()
-}
-
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
     crate::io::write_atomic(path, bytes).map_err(|e| err(path, e))
 }
@@ -447,7 +440,15 @@ pub fn save_peft<M: AdapterHost>(
     }
     let mut entries = Vec::new();
     let mut all_paths = Vec::new();
+    let mut read_error = None;
     model.for_each_linear_mut(&mut |path, layer| {
+        let mut host = |t: Tensor<3>| {
+            crate::io::read_f32(t)
+                .inspect_err(|e| {
+                    read_error.get_or_insert(e.clone());
+                })
+                .unwrap_or_default()
+        };
         all_paths.push(path.to_string());
         let Some(adapter) = &layer.adapter else {
             return;
@@ -458,8 +459,8 @@ pub fn save_peft<M: AdapterHost>(
         match adapter {
             Adapter::Lora(a) => {
                 let r = a.rank();
-                let av = host(a.a.val()); // [in, r]
-                let bv = host(a.b.val()); // [r, out]
+                let av = host(a.a.val().unsqueeze()); // [in, r]
+                let bv = host(a.b.val().unsqueeze()); // [r, out]
                 entries.push(Entry {
                     path: path.to_string(),
                     tensors: vec![
@@ -487,8 +488,8 @@ pub fn save_peft<M: AdapterHost>(
                 let mut hr = 0;
                 if let Some(gen_) = &g.general {
                     hr = gen_.rank();
-                    let av = host(gen_.a.val());
-                    let bv = host(gen_.b.val());
+                    let av = host(gen_.a.val().unsqueeze());
+                    let bv = host(gen_.b.val().unsqueeze());
                     tensors.push((
                         key("gralora_A_general.weight"),
                         vec![hr, d_in],
@@ -513,6 +514,9 @@ pub fn save_peft<M: AdapterHost>(
             }
         }
     });
+    if let Some(e) = read_error {
+        return Err(e);
+    }
     let Some(first) = entries.first() else {
         return Err(AdapterError::State(
             "the model has no adapters to save".into(),

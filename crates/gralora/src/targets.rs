@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::AdapterError;
 use crate::config::AdapterConfig;
+use crate::error::AdapterError;
 
 /// Which linear layers to adapt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,82 @@
+//! `gralora bench step`: whole training steps of several methods, timed round-robin.
+
+use anyhow::Result;
+use gralora_models::assets;
+use gralora_models::source::{LoadedModel, ModelSource};
+use gralora_train::trainer::{Method, TrainConfig};
+use serde_json::json;
+
+use crate::args::BenchStepArgs;
+use crate::commands::fetch::fetch_missing;
+use crate::commands::train::adapter_config;
+use crate::setup::{device_name, select_device};
+use crate::usage;
+
+pub fn step(args: BenchStepArgs) -> Result<()> {
+    let methods: Vec<Method> = args.method.clone();
+    if methods.iter().any(|m| m.is_gora()) {
+        return Err(usage(
+            "bench step times lora, gralora or full (GoRA trains the same adapters as lora/gralora)",
+        ));
+    }
+    fetch_missing(&args.model, None)?;
+    let device = select_device(args.device)?;
+    let source = ModelSource::resolve(&args.model, &assets::home())?;
+    let LoadedModel::Encoder { model: bert, .. } = LoadedModel::load(&source, &device)?.model
+    else {
+        return Err(usage(
+            "bench step takes an encoder (BERT family), e.g. --model minilm",
+        ));
+    };
+    let configs: Vec<TrainConfig> = methods
+        .iter()
+        .map(|&method| {
+            let mut config = TrainConfig::new(&args.model, "sst2", method);
+            adapter_config(&mut config, &args.adapter);
+            config
+        })
+        .collect();
+    let results = gralora_train::bench::bench_steps(
+        bert,
+        &configs,
+        gralora_train::bench::BenchPlan {
+            batch: args.batch_size,
+            seq_len: args.seq_len,
+            warmup: args.warmup,
+            iters: args.iters.max(1),
+        },
+        &device,
+        &mut |line| eprintln!("{line}"),
+    )?;
+    let mut first_ms = None;
+    for ((method, config), r) in methods.into_iter().zip(&configs).zip(results) {
+        let ratio = r.ms_per_step / *first_ms.get_or_insert(r.ms_per_step);
+        let name = method.name();
+        if args.json {
+            println!(
+                "{}",
+                json!({
+                    "method": name, "rank": config.rank, "k": config.k,
+                    "batch_size": args.batch_size, "seq_len": args.seq_len, "device": device_name(&device),
+                    "ms_per_step": r.ms_per_step, "tokens_per_s": r.tokens_per_s,
+                    "peak_rss_mb": r.peak_rss_mb, "trainable_params": r.trainable_params,
+                    "time_ratio_to_first": ratio,
+                })
+            );
+        } else {
+            println!(
+                "{name:<8} r={} k={} batch {}×{} on {}: {:.1} ms/step ({ratio:.3}× the first), {:.0} tokens/s, peak memory so far {:.0} MiB, {} trainable parameters",
+                config.rank,
+                config.k,
+                args.batch_size,
+                args.seq_len,
+                device_name(&device),
+                r.ms_per_step,
+                r.tokens_per_s,
+                r.peak_rss_mb.unwrap_or(f64::NAN),
+                r.trainable_params
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! One file per command.
+
+pub mod bench;
+pub mod eval;
+pub mod experiment;
+pub mod fetch;
+pub mod infer;
+pub mod merge;
+pub mod train;

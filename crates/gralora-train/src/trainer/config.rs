@@ -1,0 +1,363 @@
+//! Every setting of a training run, its method-dependent defaults and its checks.
+
+use gralora::{AdapterConfig, GraLoraConfig, LoraConfig, Targets};
+use gralora_models::Pooling;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// How the model is adapted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Plain LoRA.
+    Lora,
+    /// GraLoRA (k×k block adapters, optional hybrid LoRA pair).
+    Gralora,
+    /// Full fine-tuning: every weight trains.
+    Full,
+    /// GoRA: gradient-driven per-layer ranks and initialisation, LoRA-shaped.
+    Gora,
+    /// GoRA on GraLoRA: ranks in multiples of k, every sub-adapter initialised on its block.
+    #[serde(rename = "gora-gralora")]
+    GoraGralora,
+}
+
+impl Method {
+    /// Whether GoRA measures gradients and allocates ranks first.
+    pub fn is_gora(self) -> bool {
+        matches!(self, Self::Gora | Self::GoraGralora)
+    }
+}
+
+/// GoRA's settings besides `r_ref` (= `--rank`) and alpha.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoraSettings {
+    /// Batches the gradients are averaged over.
+    pub steps: usize,
+    /// Smallest rank.
+    pub r_min: usize,
+    /// Largest rank.
+    pub r_max: usize,
+    /// Feature function of the budget.
+    pub feature: gralora::gora::Feature,
+    /// Importance measure.
+    pub importance: gralora::gora::Importance,
+    /// γ of the initial step.
+    pub gamma: f64,
+}
+
+impl Default for GoraSettings {
+    fn default() -> Self {
+        Self {
+            steps: 8,
+            r_min: 4,
+            r_max: 32,
+            feature: gralora::gora::Feature::Sqrt,
+            importance: gralora::gora::Importance::MeanAbs,
+            gamma: 5e-2,
+        }
+    }
+}
+
+impl Method {
+    /// The name on the command line and in files (`gora-gralora`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lora => "lora",
+            Self::Gralora => "gralora",
+            Self::Full => "full",
+            Self::Gora => "gora",
+            Self::GoraGralora => "gora-gralora",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lora" => Ok(Self::Lora),
+            "gralora" => Ok(Self::Gralora),
+            "full" => Ok(Self::Full),
+            "gora" => Ok(Self::Gora),
+            "gora-gralora" => Ok(Self::GoraGralora),
+            other => Err(TrainError::Usage(format!(
+                "unknown method `{other}`; use lora, gralora, full, gora or gora-gralora"
+            ))),
+        }
+    }
+}
+
+/// Every setting of a training run (saved as `train_config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Model argument (alias, snapshot directory).
+    pub model: String,
+    /// Task name.
+    pub task: String,
+    /// Adaptation method.
+    pub method: Method,
+    /// Adapter rank r.
+    pub rank: usize,
+    /// GraLoRA's k.
+    pub k: usize,
+    /// Hybrid GraLoRA's plain LoRA rank.
+    pub hybrid_r: usize,
+    /// alpha (scale = alpha / r; GraLoRA: alpha / (r + hybrid_r)).
+    pub alpha: f64,
+    /// Dropout on the adapter input.
+    pub dropout: f64,
+    /// Target module names (PEFT's `target_modules`); empty: every linear layer of the blocks
+    /// ([`ENCODER_TARGETS`] or [`DECODER_TARGETS`]).
+    pub targets: Vec<String>,
+    /// Epochs.
+    pub epochs: usize,
+    /// Peak learning rate (AdamW, linear warmup then cosine decay to 0).
+    pub lr: f64,
+    /// LoRA+: learning rate of the B matrices = lr × this.
+    pub b_lr_ratio: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Fraction of optimiser steps spent warming up.
+    pub warmup: f64,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Batches whose gradients are summed per optimiser step.
+    pub grad_accum: usize,
+    /// Longest tokenised input (longer ones are truncated).
+    pub max_len: usize,
+    /// Seed of initialisation, shuffling and dropout.
+    pub seed: u64,
+    /// Use at most this many training examples (a seeded subset).
+    pub max_train: Option<usize>,
+    /// Evaluate on at most this many examples (the first ones).
+    pub max_eval: Option<usize>,
+    /// Stop when the validation loss has not improved for this many epochs.
+    pub patience: Option<usize>,
+    /// Dropout before the classification head.
+    pub head_dropout: f64,
+    /// Pooling of the encoder's states for the head: `mean` or `cls`.
+    pub pooling: String,
+    /// Folds of the cross-validation of tasks that only have a dev set (mrpc, rte).
+    #[serde(default = "default_folds")]
+    pub folds: usize,
+    /// The fold this run holds out (set by the cross-validation driver).
+    #[serde(default)]
+    pub fold: Option<usize>,
+    /// GoRA's settings (methods `gora`, `gora-gralora`).
+    #[serde(default)]
+    pub gora: GoraSettings,
+    /// Write a mid-epoch checkpoint every this many optimiser steps (0: only at epoch ends).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+}
+
+/// Settings whose defaults depend on the method ([`TrainConfig::set_method`]); `None`: the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MethodOptions {
+    /// alpha.
+    pub alpha: Option<f64>,
+    /// Peak learning rate.
+    pub lr: Option<f64>,
+    /// LoRA+ ratio of the B matrices' learning rate.
+    pub b_lr_ratio: Option<f64>,
+}
+
+fn default_folds() -> usize {
+    5
+}
+
+fn default_checkpoint_every() -> usize {
+    200
+}
+
+/// Default targets for BERT-family encoders: all six linear layers of every block.
+pub const ENCODER_TARGETS: &[&str] = &[
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+/// Default targets for Llama-family decoders: all seven linear layers of every block.
+pub const DECODER_TARGETS: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+impl TrainConfig {
+    /// The configured targets, or `default` when none were given.
+    pub fn targets_or(&self, default: &[&str]) -> Targets {
+        if self.targets.is_empty() {
+            Targets::names(default.iter().map(|s| s.to_string()))
+        } else {
+            Targets::names(self.targets.clone())
+        }
+    }
+
+    /// Defaults for `method` on `task` (PEFT's r = 32, alpha = 64, k = 2).
+    pub fn new(model: &str, task: &str, method: Method) -> Self {
+        Self {
+            model: model.into(),
+            task: task.into(),
+            method,
+            rank: 32,
+            k: 2,
+            hybrid_r: 0,
+            alpha: 64.0,
+            dropout: 0.0,
+            targets: ENCODER_TARGETS.iter().map(|s| s.to_string()).collect(),
+            epochs: 3,
+            lr: if method == Method::Full { 5e-5 } else { 1e-3 },
+            b_lr_ratio: 1.0,
+            weight_decay: 0.01,
+            warmup: 0.06,
+            batch_size: 32,
+            grad_accum: 1,
+            max_len: 128,
+            seed: 42,
+            max_train: None,
+            max_eval: None,
+            patience: None,
+            head_dropout: 0.1,
+            pooling: "mean".into(),
+            folds: 5,
+            fold: None,
+            gora: GoraSettings::default(),
+            checkpoint_every: default_checkpoint_every(),
+        }
+    }
+
+    /// Set the method and rank, with the defaults that depend on them where `options` leaves a
+    /// value out: alpha 2·r (GoRA: 16, its scale being alpha/√r), learning rate 1e-3 (full
+    /// fine-tuning: 5e-5), LoRA+ ratio 1 (GoRA: 16).
+    pub fn set_method(&mut self, method: Method, rank: usize, options: MethodOptions) {
+        let gora = method.is_gora();
+        self.method = method;
+        self.rank = rank;
+        self.alpha = options
+            .alpha
+            .unwrap_or(if gora { 16.0 } else { 2.0 * rank as f64 });
+        self.lr = options
+            .lr
+            .unwrap_or(if method == Method::Full { 5e-5 } else { 1e-3 });
+        self.b_lr_ratio = options.b_lr_ratio.unwrap_or(if gora { 16.0 } else { 1.0 });
+    }
+
+    /// The pooling of the encoder's states for the head.
+    pub fn pooling(&self) -> Result<Pooling> {
+        match self.pooling.as_str() {
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            other => Err(TrainError::setting(
+                "pooling",
+                format!("`{other}` is not a pooling; use mean or cls"),
+            )),
+        }
+    }
+
+    /// The adapter configuration (`None` for full fine-tuning).
+    pub fn adapter(&self) -> Result<Option<AdapterConfig>> {
+        let config: AdapterConfig = match self.method {
+            Method::Full => return Ok(None),
+            Method::Gora | Method::GoraGralora => {
+                self.gora_config().validate(self.gora_k())?;
+                return Ok(None);
+            }
+            Method::Lora => LoraConfig::new(self.rank)
+                .with_alpha(self.alpha)
+                .with_dropout(self.dropout)
+                .into(),
+            Method::Gralora => GraLoraConfig::new(self.rank, self.k)
+                .with_alpha(self.alpha)
+                .with_dropout(self.dropout)
+                .with_hybrid_r(self.hybrid_r)
+                .into(),
+        };
+        config.validate()?;
+        Ok(Some(config))
+    }
+
+    /// GoRA's configuration for this run (`r_ref` = rank).
+    pub fn gora_config(&self) -> gralora::gora::GoraConfig {
+        gralora::gora::GoraConfig {
+            r_ref: self.rank,
+            r_min: self.gora.r_min,
+            r_max: self.gora.r_max,
+            feature: self.gora.feature,
+            importance: self.gora.importance,
+            alpha: self.alpha,
+            gamma: self.gora.gamma,
+        }
+    }
+
+    /// k of GoRA's ranks (1 for the LoRA form).
+    pub fn gora_k(&self) -> usize {
+        if self.method == Method::GoraGralora {
+            self.k
+        } else {
+            1
+        }
+    }
+
+    /// Check every setting that does not depend on the task or the model (the task layer checks
+    /// the task name).
+    pub fn validate(&self) -> Result<()> {
+        self.pooling()?;
+        self.adapter()?;
+        let bad = |setting, msg: String| Err(TrainError::setting(setting, msg));
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum", "must be at least 1".into());
+        }
+        if self.b_lr_ratio <= 0.0 {
+            return bad(
+                "b_lr_ratio",
+                format!("{} must be positive", self.b_lr_ratio),
+            );
+        }
+        if !(self.lr > 0.0 && self.lr * self.b_lr_ratio.max(1.0) <= 1.0) {
+            return bad(
+                "lr",
+                format!(
+                    "{} (× the B matrices' ratio {}) must be in (0, 1]",
+                    self.lr, self.b_lr_ratio
+                ),
+            );
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return bad("warmup", format!("{} must be in [0, 1)", self.warmup));
+        }
+        if self.folds < 2 || self.fold.is_some_and(|f| f >= self.folds) {
+            return bad("folds", format!("{} must be at least 2", self.folds));
+        }
+        if self.max_train == Some(0) {
+            return bad("max_train", "0 leaves nothing to train on".into());
+        }
+        if self.max_len < 8 {
+            return bad(
+                "max_len",
+                format!("{} is too short (at least 8)", self.max_len),
+            );
+        }
+        Ok(())
+    }
+}

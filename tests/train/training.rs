@@ -1,0 +1,307 @@
+//! Training runs: the loss falls, a SIGKILLed run resumes exactly, bad arguments are one-line errors.
+
+use super::*;
+
+// ---------------------------------------------------------------- training
+
+fn small_config(method: Method) -> TrainConfig {
+    let mut c = TrainConfig::new("minilm", "sst2", method);
+    c.rank = 8;
+    c.alpha = 16.0;
+    c.k = 2;
+    c.targets = vec!["query".into(), "value".into()];
+    c.epochs = 2;
+    c.batch_size = 8;
+    c.max_len = 48;
+    c.lr = 2e-3;
+    c.max_train = Some(96);
+    c.head_dropout = 0.0;
+    c
+}
+
+#[test]
+fn a_few_gralora_steps_on_flex_lower_the_loss_and_write_a_complete_run() {
+    let Some(home) = excerpt_home("lowers") else {
+        return;
+    };
+    let device = burn::tensor::Device::flex();
+    let config = small_config(Method::Gralora);
+    // The untrained model: the base encoder and a fresh head (adapters start as zero updates).
+    let (_, bert) = gralora_models::Bert::from_dir(home.join("minilm"), &device).unwrap();
+    let mut tok =
+        gralora_models::TextTokenizer::from_file(home.join("minilm/tokenizer.json")).unwrap();
+    let data = Task::Sst2.load(&home).unwrap();
+    let items = tokenize(&mut tok, &data.eval, config.max_len).unwrap();
+    let train_items = tokenize(&mut tok, &data.train, config.max_len).unwrap();
+    let fresh = gralora_models::BertClassifier::new(bert, 2, gralora_models::Pooling::Mean, 0.0);
+    let before = evaluate(&fresh, &items, pad_id(&tok), 16).unwrap();
+    let before_train = evaluate(&fresh, &train_items, pad_id(&tok), 16).unwrap();
+
+    let out = home.join("run");
+    let done = train(&config, &out, false, &device, &home, &mut |_| {}).unwrap();
+    let m = &done.metrics;
+    let after_train =
+        evaluate(done.model.as_ref().unwrap(), &train_items, pad_id(&tok), 16).unwrap();
+    assert!(
+        after_train.loss < before_train.loss - 0.03,
+        "training-set loss {} -> {}",
+        before_train.loss,
+        after_train.loss
+    );
+    assert!(
+        m.eval.loss < before.loss,
+        "eval loss {} -> {}",
+        before.loss,
+        m.eval.loss
+    );
+    assert!(m.eval.accuracy > 0.6, "eval accuracy {}", m.eval.accuracy);
+    assert_eq!(m.eval.examples, items.len());
+    assert_eq!(m.train_examples, 96);
+    assert_eq!(m.epochs, 2);
+    assert!(m.tokens_per_s > 0.0 && m.peak_rss_mb.unwrap() > 0.0);
+    // The run directory: PEFT adapter, head, config, metrics.
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "classifier.safetensors",
+        "train_config.json",
+        "metrics.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let peft: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(peft["peft_type"], "GRALORA");
+    assert_eq!(peft["gralora_k"], 2);
+    // eval reloads adapter + head and reproduces the final metrics.
+    let again =
+        gralora_train::tasks::eval("minilm", Some(&out), "sst2", None, None, 16, &device, &home)
+            .unwrap();
+    assert_eq!(again.examples, m.eval.examples);
+    assert!((again.accuracy - m.eval.accuracy).abs() < 1e-9);
+    assert!(
+        (again.loss - m.eval.loss).abs() < 1e-4,
+        "{} vs {}",
+        again.loss,
+        m.eval.loss
+    );
+    // A second run into the same directory is refused, nothing overwritten.
+    let e = train(&config, &out, false, &device, &home, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not empty"), "{e}");
+}
+
+#[test]
+fn a_sigkilled_run_resumed_ends_like_an_uninterrupted_one() {
+    let Some(home) = excerpt_home("resume") else {
+        return;
+    };
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            "minilm",
+            "--task",
+            "sst2",
+            "--method",
+            "lora",
+            "--rank",
+            "8",
+            "--targets",
+            "query,value",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--max-len",
+            "48",
+            "--max-train",
+            "160",
+            "--max-eval",
+            "24",
+            "--lr",
+            "2e-3",
+            "--device",
+            "flex",
+            "--seed",
+            "7",
+            "--checkpoint-every",
+            "3",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
+    };
+    let full = home.join("full");
+    let a: Vec<String> = args(&full);
+    let o = gralora(&a.iter().map(String::as_str).collect::<Vec<_>>(), &home);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    assert!(
+        !full.join("run/steps").exists(),
+        "a finished run drops its mid-epoch checkpoints"
+    );
+    assert!(full.join("run/checkpoint/model-3.bpk").is_file());
+
+    // The same run, killed with SIGKILL once a mid-epoch checkpoint of epoch 2 exists (160
+    // examples in batches of 8: 20 batches per epoch, a checkpoint every 3 optimiser steps).
+    let cut = home.join("cut");
+    let a = args(&cut);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gralora"))
+        .args(&a)
+        .env("GRALORA_HOME", &home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let steps = cut.join("run/steps");
+    let start = Instant::now();
+    loop {
+        let in_epoch_2 = gralora_train::trainer::complete_checkpoints(&steps)
+            .last()
+            .is_some_and(|&k| k > 20);
+        if in_epoch_2 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(start.elapsed() < Duration::from_secs(600));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !cut.join("metrics.json").exists(),
+        "a killed run must not look complete"
+    );
+    assert!(!cut.join("run/checkpoint/model-3.bpk").exists());
+    let at = *gralora_train::trainer::complete_checkpoints(&steps)
+        .last()
+        .unwrap();
+    assert!(
+        !at.is_multiple_of(20) && at < 40,
+        "killed mid-epoch 2, at batch {at}"
+    );
+
+    let o = gralora(
+        &[
+            "train",
+            "--out",
+            cut.to_str().unwrap(),
+            "--resume",
+            "--device",
+            "flex",
+        ],
+        &home,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (x, y) = (metrics(&full), metrics(&cut));
+    assert_eq!(y.resumed_from_epoch, Some(1));
+    assert_eq!(
+        y.resumed_from_batch,
+        Some(at),
+        "resumed from the newest step checkpoint"
+    );
+    assert_eq!(x.resumed_from_batch, None);
+    assert!(y.tokens_per_s > 0.0 && x.tokens_per_s > 0.0);
+    assert_eq!(x.epochs, 3);
+    assert_eq!(y.epochs, 3);
+    assert_eq!(x.eval.accuracy, y.eval.accuracy);
+    assert!(
+        (x.eval.loss - y.eval.loss).abs() < 1e-5,
+        "{} vs {}",
+        x.eval.loss,
+        y.eval.loss
+    );
+    // And the adapters are the same tensors.
+    let ta = std::fs::read(full.join("adapter_model.safetensors")).unwrap();
+    let tb = std::fs::read(cut.join("adapter_model.safetensors")).unwrap();
+    let (sa, sb) = (
+        safetensors::SafeTensors::deserialize(&ta).unwrap(),
+        safetensors::SafeTensors::deserialize(&tb).unwrap(),
+    );
+    for (name, view) in sa.tensors() {
+        let other = sb.tensor(&name).unwrap();
+        let (p, q): (Vec<f32>, Vec<f32>) = (
+            view.data()
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            other
+                .data()
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        );
+        let d = p
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "{name}: max diff {d}");
+    }
+}
+
+#[test]
+fn bad_training_arguments_are_one_line_errors() {
+    let home = tmp_dir("bad-args");
+    let out = home.join("out");
+    let o_str = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "train", "--model", "minilm", "--task", "mnli", "--out", o_str,
+            ],
+            "unknown task `mnli`",
+        ),
+        (
+            vec![
+                "train", "--model", "minilm", "--task", "sst2", "--rank", "6", "--k", "4", "--out",
+                o_str,
+            ],
+            "divisible",
+        ),
+        (
+            vec![
+                "train", "--model", "minilm", "--task", "sst2", "--method", "dora", "--out", o_str,
+            ],
+            "invalid value 'dora' for '--method",
+        ),
+        (
+            vec!["train", "--out", o_str, "--resume"],
+            "no run to resume",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = gralora(&args, &home);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: a usage error: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        assert!(!out.exists(), "{args:?} left {o_str} behind");
+    }
+    // Missing assets and no way to fetch them: one line saying what to do.
+    let o = Command::new(env!("CARGO_BIN_EXE_gralora"))
+        .args([
+            "train", "--model", "minilm", "--task", "sst2", "--out", o_str,
+        ])
+        .env("GRALORA_HOME", &home)
+        .env("GRALORA_PYTHON", "/nonexistent/python3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.lines().last().unwrap().starts_with("error:"), "{err}");
+    assert!(!out.exists());
+}
