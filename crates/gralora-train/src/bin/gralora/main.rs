@@ -99,22 +99,27 @@ fn one_line(text: &str) -> String {
 /// 2 for a usage error anywhere in the chain, 1 otherwise.
 fn exit_code(e: &anyhow::Error) -> u8 {
     use gralora::AdapterError;
+    use gralora_models::ModelError;
     use gralora_train::TrainError;
+    // Bad settings of an adapter (rank, k, targets); an unreadable file is a failure.
+    let adapter_usage = |a: &AdapterError| {
+        matches!(
+            a,
+            AdapterError::InvalidConfig { .. }
+                | AdapterError::NotDivisible { .. }
+                | AdapterError::NoTargetMatched { .. }
+                | AdapterError::InvalidPattern { .. }
+        )
+    };
     let is_usage = e.chain().any(|c| {
         c.is::<UsageError>()
-            || matches!(
-                c.downcast_ref::<TrainError>(),
-                Some(TrainError::Usage(_) | TrainError::Setting { .. })
-            )
-            || matches!(
-                c.downcast_ref::<AdapterError>(),
-                Some(
-                    AdapterError::InvalidConfig { .. }
-                        | AdapterError::NotDivisible { .. }
-                        | AdapterError::NoTargetMatched { .. }
-                        | AdapterError::InvalidPattern { .. }
-                )
-            )
+            || c.downcast_ref::<AdapterError>().is_some_and(adapter_usage)
+            || match c.downcast_ref::<TrainError>() {
+                Some(TrainError::Usage(_) | TrainError::Setting { .. }) => true,
+                Some(TrainError::Adapter(a)) => adapter_usage(a),
+                Some(TrainError::Model(ModelError::Adapter(a))) => adapter_usage(a),
+                _ => false,
+            }
     });
     if is_usage { 2 } else { 1 }
 }
