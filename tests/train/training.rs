@@ -291,6 +291,36 @@ fn bad_training_arguments_are_one_line_errors() {
         );
         assert!(!out.exists(), "{args:?} left {o_str} behind");
     }
+    // Targets that match no layer are found only once the model is loaded, and the decoder's
+    // untrained score is taken before that: still nothing on disk.
+    if let Some(home) = excerpt_home("bad-targets") {
+        let out = home.join("out");
+        let o = gralora(
+            &[
+                "train",
+                "--model",
+                "minilm",
+                "--task",
+                "sst2",
+                "--targets",
+                "no_such_layer",
+                "--device",
+                "flex",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &home,
+        );
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("no_such_layer"), "{err}");
+        assert_eq!(
+            err.trim().lines().last().map(|l| l.starts_with("error: ")),
+            Some(true),
+            "{err}"
+        );
+        assert!(!out.exists(), "a refused run leaves no directory behind");
+    }
     // Missing assets and no way to fetch them: one line saying what to do.
     let o = Command::new(env!("CARGO_BIN_EXE_gralora"))
         .args([

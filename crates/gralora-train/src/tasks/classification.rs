@@ -359,7 +359,7 @@ impl Workload for ClassifierWorkload {
         }
     }
 
-    fn before_training(&mut self, _: &Session<'_>, _: Report<'_>) -> Result<Option<f64>> {
+    fn baseline(&mut self, _: &Session<'_>) -> Result<Option<EvalMetrics>> {
         Ok(None)
     }
 

@@ -18,7 +18,7 @@ use crate::data::{McExample, read_mc, seeded_subset};
 use crate::error::{Result, TrainError};
 use crate::trainer::{
     Batching, DECODER_TARGETS, EvalMetrics, LossGuard, Method, Report, RunNames, SeededLoader,
-    Session, TrainConfig, Workload, guarded_step, len_multiple, trainable, write_json,
+    Session, TrainConfig, Workload, guarded_step, len_multiple, trainable,
 };
 
 /// A multiple-choice task of the commonsense suite.
@@ -474,37 +474,15 @@ impl Workload for MultipleChoiceWorkload {
         }
     }
 
-    /// The untrained model's score, kept in the run directory for a resumed run.
-    fn before_training(
-        &mut self,
-        session: &Session<'_>,
-        report: Report<'_>,
-    ) -> Result<Option<f64>> {
-        let path = session.out.join("baseline.json");
-        let saved: Option<EvalMetrics> = session
-            .resume
-            .then(|| std::fs::read_to_string(&path).ok())
-            .flatten()
-            .and_then(|t| serde_json::from_str(&t).ok());
-        let baseline = match saved {
-            Some(m) => m,
-            None => {
-                let m = evaluate_mc(
-                    self.base()?,
-                    &self.tokenizer,
-                    &self.val,
-                    self.max_len,
-                    session.device,
-                )?;
-                report(&format!(
-                    "untrained accuracy {:.4} on {} examples",
-                    m.accuracy, m.examples
-                ));
-                write_json(&path, &m)?;
-                m
-            }
-        };
-        Ok(Some(baseline.accuracy))
+    fn baseline(&mut self, session: &Session<'_>) -> Result<Option<EvalMetrics>> {
+        let m = evaluate_mc(
+            self.base()?,
+            &self.tokenizer,
+            &self.val,
+            self.max_len,
+            session.device,
+        )?;
+        Ok(Some(m))
     }
 
     fn model(&mut self, method: Method) -> Result<Llama> {

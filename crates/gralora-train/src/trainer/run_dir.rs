@@ -110,6 +110,10 @@ impl RunDir {
     pub fn metrics(&self) -> PathBuf {
         self.0.join("metrics.json")
     }
+    /// The untrained model's evaluation (decoder tasks).
+    pub fn baseline(&self) -> PathBuf {
+        self.0.join("baseline.json")
+    }
     /// burn-train's directory.
     pub fn run(&self) -> PathBuf {
         self.0.join("run")

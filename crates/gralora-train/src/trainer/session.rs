@@ -39,10 +39,9 @@ pub trait Workload {
     fn default_targets(&self) -> &'static [&'static str];
     /// The task's name, the training split's and the evaluation split's, for `metrics.json`.
     fn names(&self) -> RunNames;
-    /// Called once the run directory exists, before the model is built (e.g. score the
-    /// untrained model); returns the untrained accuracy when it has one.
-    fn before_training(&mut self, session: &Session<'_>, report: Report<'_>)
-    -> Result<Option<f64>>;
+    /// The untrained model's evaluation, for tasks that report one (the session keeps it in the
+    /// run directory as `baseline.json`, so a resumed run does not score it again).
+    fn baseline(&mut self, session: &Session<'_>) -> Result<Option<EvalMetrics>>;
     /// The model to adapt, from the base made trainable for `method` (see [`trainable`]); the
     /// devices' generators are seeded, so anything initialised here is reproducible.
     fn model(&mut self, method: Method) -> Result<Self::Model>;
@@ -149,11 +148,25 @@ impl Session<'_> {
         report: Report<'_>,
     ) -> Result<(RunMetrics, W::Model)> {
         let config = self.config;
-        std::fs::create_dir_all(self.out).map_err(|e| TrainError::io(self.out, e))?;
-        if !self.resume {
-            write_json(&self.dir.config(), config)?;
-        }
-        let baseline_accuracy = workload.before_training(self, report)?;
+        let baseline_path = self.dir.baseline();
+        let saved: Option<EvalMetrics> = self
+            .resume
+            .then(|| std::fs::read_to_string(&baseline_path).ok())
+            .flatten()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let baseline = match saved {
+            Some(m) => Some(m),
+            None => {
+                let m = workload.baseline(self)?;
+                if let Some(m) = &m {
+                    report(&format!(
+                        "untrained accuracy {:.4} on {} examples",
+                        m.accuracy, m.examples
+                    ));
+                }
+                m
+            }
+        };
 
         // The model: seeded, then adapters (or GoRA's), on the autodiff device.
         let ad = self.device.clone().autodiff();
@@ -209,6 +222,16 @@ impl Session<'_> {
             report(&r.to_string());
             b_ids = b_param_ids(&mut model);
             gora = Some(r);
+        }
+
+        // The settings hold (targets matched, ranks allocated): only now does the run directory
+        // exist, so a refused run leaves nothing behind.
+        std::fs::create_dir_all(self.out).map_err(|e| TrainError::io(self.out, e))?;
+        if !self.resume {
+            write_json(&self.dir.config(), config)?;
+        }
+        if let Some(m) = &baseline {
+            write_json(&baseline_path, m)?;
         }
 
         let interrupter = Interrupter::new();
@@ -271,7 +294,7 @@ impl Session<'_> {
             gora,
             folds: None,
             accuracy_std: None,
-            baseline_accuracy,
+            baseline_accuracy: baseline.map(|m| m.accuracy),
             resumed_from_epoch: resumed_from.map(ResumePoint::epochs_done),
             resumed_from_batch: resumed_from.map(|p| p.batches_done(batches_per_epoch)),
             seed: config.seed,

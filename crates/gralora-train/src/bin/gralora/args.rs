@@ -127,6 +127,21 @@ pub enum ExperimentCommand {
     GradDeviation(DeviationArgs),
 }
 
+/// The methods and ranks an experiment runs.
+#[derive(Args)]
+pub struct RankGrid {
+    /// Ranks, comma-separated (GoRA: the reference rank of its budget).
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128")]
+    pub ranks: Vec<usize>,
+    /// Methods, comma-separated: lora, gralora, gora, gora-gralora (grad-deviation: lora and
+    /// gralora); in a rank sweep full runs once as a reference line.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Method::Lora, Method::Gralora])]
+    pub methods: Vec<Method>,
+    /// GraLoRA's k at every rank. Default: the paper's rule r/k² ≈ 8 (2 up to r = 32, 4 from 64).
+    #[arg(long)]
+    pub k: Option<usize>,
+}
+
 #[derive(Args)]
 pub struct SweepArgs {
     /// Model: an alias (minilm, smollm2) or a Hugging Face snapshot directory.
@@ -135,15 +150,8 @@ pub struct SweepArgs {
     /// Task (as for `train`).
     #[arg(long)]
     pub task: String,
-    /// Ranks, comma-separated (GoRA: the reference rank of its budget).
-    #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128")]
-    pub ranks: Vec<usize>,
-    /// Methods, comma-separated: lora, gralora, gora, gora-gralora; full runs once as a reference line.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Method::Lora, Method::Gralora])]
-    pub methods: Vec<Method>,
-    /// GraLoRA's k at every rank. Default: the paper's rule r/k² ≈ 8 (2 up to r = 32, 4 from 64).
-    #[arg(long)]
-    pub k: Option<usize>,
+    #[command(flatten)]
+    pub grid: RankGrid,
     /// alpha. Default 2·r (GoRA: 16).
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -175,15 +183,8 @@ pub struct DeviationArgs {
     /// Encoder task whose training examples make the batches.
     #[arg(long, default_value = "sst2")]
     pub task: String,
-    /// Ranks, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128")]
-    pub ranks: Vec<usize>,
-    /// lora and/or gralora.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Method::Lora, Method::Gralora])]
-    pub methods: Vec<Method>,
-    /// GraLoRA's k at every rank. Default: the paper's rule.
-    #[arg(long)]
-    pub k: Option<usize>,
+    #[command(flatten)]
+    pub grid: RankGrid,
     /// The layer, by module path (e.g. encoder.layer.0.output.dense). Default: the FFN output
     /// layer whose inputs have the strongest outlier channel.
     #[arg(long)]

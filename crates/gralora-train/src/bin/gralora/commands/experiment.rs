@@ -21,10 +21,10 @@ fn distinct(list: &[Method]) -> Vec<Method> {
 }
 
 pub fn rank_sweep(args: SweepArgs) -> Result<()> {
-    let methods = distinct(&args.methods);
+    let methods = distinct(&args.grid.methods);
     let adapter = AdapterArgs {
-        rank: args.ranks.first().copied().unwrap_or(8),
-        k: args.k.unwrap_or(2),
+        rank: args.grid.ranks.first().copied().unwrap_or(8),
+        k: args.grid.k.unwrap_or(2),
         hybrid_r: 0,
         alpha: args.alpha,
         dropout: args.dropout,
@@ -34,9 +34,9 @@ pub fn rank_sweep(args: SweepArgs) -> Result<()> {
     let base = build_config(&args.model, &args.task, Method::Gora, &adapter, &args.hyper)?;
     let spec = gralora_train::experiments::SweepSpec {
         base,
-        ranks: args.ranks.clone(),
+        ranks: args.grid.ranks.clone(),
         methods,
-        k: args.k,
+        k: args.grid.k,
         options: MethodOptions {
             alpha: args.alpha,
             lr: args.hyper.lr,
@@ -84,9 +84,9 @@ pub fn grad_deviation(args: DeviationArgs) -> Result<()> {
     let spec = gralora_train::experiments::DeviationSpec {
         model: args.model.clone(),
         task: args.task.clone(),
-        ranks: args.ranks.clone(),
-        methods: distinct(&args.methods),
-        k: args.k,
+        ranks: args.grid.ranks.clone(),
+        methods: distinct(&args.grid.methods),
+        k: args.grid.k,
         layer: args.layer.clone(),
         batches: args.batches,
         batch_size: args.batch_size,
