@@ -359,6 +359,64 @@ fn adapters_that_do_not_fit_fail_naming_key_and_shapes_and_attach_nothing() {
         }),
         &["gralora_A", "LORA"],
     );
+    // A config that disagrees with its tensors (PEFT refuses these with a size mismatch or
+    // "target modules not found"): its rank, its rank pattern, k, hybrid rank, targets, layers.
+    check(
+        altered("lora", "r16", same, |c| c["r"] = Value::from(16)),
+        &["`r` says rank 16", "rank 8", "layer."],
+    );
+    check(
+        altered("lora", "r0", same, |c| c["r"] = Value::from(0)),
+        &["`r` must be at least 1"],
+    );
+    check(
+        altered("lora_rslora_patterns", "pattern", same, |c| {
+            c["rank_pattern"] = serde_json::json!({"layer.2.attention.self.query": 16})
+        }),
+        &[
+            "layer.2.attention.self.query",
+            "`rank_pattern` says rank 16",
+            "rank 8",
+        ],
+    );
+    check(
+        altered("gralora_hybrid", "hybrid", same, |c| {
+            c["hybrid_r"] = Value::from(2)
+        }),
+        &["`hybrid_r` says 2", "hybrid rank 4"],
+    );
+    check(
+        altered("gralora_k4", "k4as2", same, |c| {
+            c["gralora_k"] = Value::from(2)
+        }),
+        &["`gralora_k` says 2", "k = 4"],
+    );
+    check(
+        altered("lora", "targets", same, |c| {
+            c["target_modules"] = serde_json::json!(["dense"])
+        }),
+        &[
+            "attention.self.query",
+            "target_modules [dense] does not select it",
+        ],
+    );
+    check(
+        altered("lora", "layers", same, |c| {
+            c["layers_to_transform"] = serde_json::json!([0])
+        }),
+        &["layers_to_transform [0] does not include it"],
+    );
+    // A field of the wrong type says so, instead of "missing".
+    check(
+        altered("lora", "rtype", same, |c| c["r"] = Value::from("eight")),
+        &["field `r` must be a whole number, found \"eight\""],
+    );
+    check(
+        altered("lora", "alphatype", same, |c| {
+            c["lora_alpha"] = Value::from("16")
+        }),
+        &["field `lora_alpha` must be a number"],
+    );
     // A truncated weights file.
     let cut = altered("lora", "cut", same, keep);
     let w = cut.join("adapter_model.safetensors");

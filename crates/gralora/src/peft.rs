@@ -138,9 +138,37 @@ pub fn load_peft<M: AdapterHost>(
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(&cfg_path, e))?;
     let cfg: Value =
         serde_json::from_str(&text).map_err(|e| err(&cfg_path, format!("not JSON: {e}")))?;
-    let get_f = |k: &str| cfg.get(k).and_then(Value::as_f64);
-    let get_u = |k: &str| cfg.get(k).and_then(Value::as_u64).map(|v| v as usize);
-    let peft_type = cfg.get("peft_type").and_then(Value::as_str).unwrap_or("");
+    // A field that is present must have its type: `"r": "eight"` is an error saying so.
+    let typed = |k: &str, what: &str| {
+        err(
+            &cfg_path,
+            format!("field `{k}` must be {what}, found {}", cfg[k]),
+        )
+    };
+    let present = |k: &str| cfg.get(k).filter(|v| !v.is_null());
+    let get_f = |k: &str| {
+        present(k)
+            .map(|v| v.as_f64().ok_or_else(|| typed(k, "a number")))
+            .transpose()
+    };
+    let get_u = |k: &str| {
+        present(k)
+            .map(|v| {
+                v.as_u64()
+                    .map(|v| v as usize)
+                    .ok_or_else(|| typed(k, "a whole number"))
+            })
+            .transpose()
+    };
+    let get_b = |k: &str| {
+        present(k)
+            .map(|v| v.as_bool().ok_or_else(|| typed(k, "true or false")))
+            .transpose()
+    };
+    let peft_type = match present("peft_type") {
+        None => "",
+        Some(v) => v.as_str().ok_or_else(|| typed("peft_type", "a string"))?,
+    };
     let is_lora = match peft_type {
         "LORA" => true,
         "GRALORA" => false,
@@ -151,13 +179,13 @@ pub fn load_peft<M: AdapterHost>(
             ));
         }
     };
-    if cfg.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
+    if get_b("fan_in_fan_out")? == Some(true) {
         return Err(err(
             &cfg_path,
             "fan_in_fan_out = true (Conv1D weights) is not supported",
         ));
     }
-    if cfg.get("use_dora").and_then(Value::as_bool) == Some(true) {
+    if get_b("use_dora")? == Some(true) {
         return Err(err(&cfg_path, "use_dora = true is not supported"));
     }
     if let Some(b) = cfg
@@ -180,25 +208,56 @@ pub fn load_peft<M: AdapterHost>(
             ));
         }
     }
-    get_u("r").ok_or_else(|| err(&cfg_path, "field `r` is missing"))?;
+    let r_cfg = get_u("r")?.ok_or_else(|| err(&cfg_path, "field `r` is missing"))?;
+    if r_cfg == 0 {
+        return Err(err(&cfg_path, "field `r` must be at least 1, found 0"));
+    }
     let dropout = get_f(if is_lora {
         "lora_dropout"
     } else {
         "gralora_dropout"
-    })
+    })?
     .unwrap_or(0.0);
-    let rslora = cfg
-        .get("use_rslora")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let rslora = get_b("use_rslora")?.unwrap_or(false);
     let alpha_default = if is_lora {
-        get_f("lora_alpha").unwrap_or(8.0)
+        get_f("lora_alpha")?.unwrap_or(8.0)
     } else {
-        get_f("alpha").ok_or_else(|| err(&cfg_path, "field `alpha` is missing"))?
+        get_f("alpha")?.ok_or_else(|| err(&cfg_path, "field `alpha` is missing"))?
     };
-    let k_cfg = get_u("gralora_k").unwrap_or(2);
-    let hybrid_cfg = get_u("hybrid_r").unwrap_or(0);
+    let k_cfg = get_u("gralora_k")?.unwrap_or(2);
+    let hybrid_cfg = get_u("hybrid_r")?.unwrap_or(0);
     let alpha_patterns = compile_patterns(&cfg_path, cfg.get("alpha_pattern"), Value::as_f64)?;
+    let rank_patterns = compile_patterns(&cfg_path, cfg.get("rank_pattern"), |v| {
+        v.as_u64().map(|r| r as usize)
+    })?;
+    // Which layers the file says it adapts: PEFT refuses tensors outside them.
+    let targets = match present("target_modules") {
+        None => None,
+        Some(Value::String(s)) if s == "all-linear" => Some(crate::Targets::AllLinear),
+        Some(Value::String(s)) => Some(crate::Targets::pattern(s.clone())),
+        Some(Value::Array(a)) => Some(crate::Targets::names(
+            a.iter()
+                .map(|v| v.as_str().map(String::from))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| typed("target_modules", "a list of names or a regex"))?,
+        )),
+        Some(_) => return Err(typed("target_modules", "a list of names or a regex")),
+    };
+    let target_matcher = targets.as_ref().map(crate::Targets::matcher).transpose()?;
+    let layers_to_transform: Option<Vec<usize>> = match present("layers_to_transform") {
+        None => None,
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .map(|v| v.as_u64().map(|i| i as usize))
+                .collect::<Option<_>>()
+                .ok_or_else(|| typed("layers_to_transform", "a layer index or a list of them"))?,
+        ),
+        Some(v) => Some(vec![
+            v.as_u64()
+                .ok_or_else(|| typed("layers_to_transform", "a layer index or a list of them"))?
+                as usize,
+        ]),
+    };
 
     // The model's linear layers.
     let mut layers: HashMap<String, Layer> = HashMap::new();
@@ -275,8 +334,42 @@ pub fn load_peft<M: AdapterHost>(
             ));
         };
         let alpha = *pattern_value(&alpha_patterns, &path).unwrap_or(&alpha_default);
+        if let (Some(t), Some(m)) = (&targets, &target_matcher)
+            && !m.matches(&path)
+        {
+            return Err(err(
+                &cfg_path,
+                format!("layer `{path}` has tensors, but target_modules {t} does not select it"),
+            ));
+        }
+        if let Some(layers) = &layers_to_transform
+            && !crate::layer_index(&path).is_some_and(|i| layers.contains(&i))
+        {
+            return Err(err(
+                &cfg_path,
+                format!(
+                    "layer `{path}` has tensors, but layers_to_transform {layers:?} does not include it"
+                ),
+            ));
+        }
+        // The rank the config gives this layer must be its tensors' rank (PEFT refuses the file).
+        let r_want = *pattern_value(&rank_patterns, &path).unwrap_or(&r_cfg);
+        let rank_err = |r: usize| {
+            let field = if pattern_value(&rank_patterns, &path).is_some() {
+                "rank_pattern"
+            } else {
+                "r"
+            };
+            err(
+                &cfg_path,
+                format!("layer `{path}`: `{field}` says rank {r_want}, its tensors have rank {r}"),
+            )
+        };
         if is_lora {
             let r = a.shape.first().copied().unwrap_or(0);
+            if r != 0 && a.shape.len() == 2 && r != r_want {
+                return Err(rank_err(r));
+            }
             if a.shape != [r, l.d_in] || r == 0 {
                 return Err(shape_err(&key_a, &a.shape, &[r.max(1), l.d_in], &path, l));
             }
@@ -320,7 +413,19 @@ pub fn load_peft<M: AdapterHost>(
                 ));
             }
             let (ib, ob) = (l.d_in / k, l.d_out / k);
+            if a.shape.len() == 3 && a.shape[0] != k {
+                return Err(err(
+                    &cfg_path,
+                    format!(
+                        "layer `{path}`: `gralora_k` says {k}, its tensors have k = {}",
+                        a.shape[0]
+                    ),
+                ));
+            }
             let r = a.shape.get(2).copied().unwrap_or(0);
+            if r != 0 && a.shape.len() == 3 && r != r_want {
+                return Err(rank_err(r));
+            }
             if a.shape != [k, ib, r] || r == 0 || r % k != 0 {
                 return Err(shape_err(&key_a, &a.shape, &[k, ib, r.max(k)], &path, l));
             }
@@ -353,6 +458,14 @@ pub fn load_peft<M: AdapterHost>(
                 }
             };
             let hr = general.as_ref().map_or(0, |g| g.0);
+            if hr != hybrid_cfg {
+                return Err(err(
+                    &cfg_path,
+                    format!(
+                        "layer `{path}`: `hybrid_r` says {hybrid_cfg}, its tensors have hybrid rank {hr}"
+                    ),
+                ));
+            }
             let scale = alpha / (r + hr) as f64;
             let general = general.map(|(hr, ga, gb)| {
                 let at = Tensor::from_data(
