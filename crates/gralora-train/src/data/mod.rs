@@ -13,7 +13,10 @@ mod snli;
 
 pub use boolq::read_boolq;
 pub use commonsense::{McExample, read_mc};
-pub use files::*;
+pub use files::{
+    BOOLQ_TRAIN, BOOLQ_VAL, Example, MRPC_DEV, RT_FILE, RTE_DEV, SNLI_TEST, SNLI_TRAIN, SST2_DEV,
+    seeded_subset,
+};
 pub use glue::{read_arrow, read_glue_pairs, read_sst2_arrow};
 pub use rotten_tomatoes::{normalise, read_rotten_tomatoes, remove_overlap};
 pub use snli::read_snli;

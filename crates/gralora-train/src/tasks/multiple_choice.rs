@@ -486,8 +486,11 @@ impl Workload for MultipleChoiceWorkload {
     }
 
     fn model(&mut self, method: Method) -> Result<Llama> {
-        self.base()?;
-        Ok(trainable(self.llama.take().expect("checked above"), method))
+        let llama = self
+            .llama
+            .take()
+            .ok_or_else(|| TrainError::Training("the decoder was already built".into()))?;
+        Ok(trainable(llama, method))
     }
 
     fn batching(&self, model: &Llama, device: &Device) -> LmBatching {
