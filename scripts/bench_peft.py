@@ -102,7 +102,8 @@ def main():
     for m in methods:
         ms = statistics.median(runs[m]["times"]) * 1000
         first = first or ms
-        row = {"impl": f"torch {torch.__version__}", "method": m, "ms_per_step": round(ms, 1),
+        row = {"impl": f"torch {torch.__version__}", "method": m, "batch_size": a.batch_size,
+               "seq_len": a.seq_len, "ms_per_step": round(ms, 1),
                "tokens_per_s": round(a.batch_size * a.seq_len / (ms / 1000), 1),
                "device": a.device, "peak_rss_mb": round(runs[m]["peak_rss_mb"], 1),
                "trainable": runs[m]["trainable"],

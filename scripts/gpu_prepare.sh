@@ -79,8 +79,8 @@ if [ "$size" -gt 58 ]; then
     exit 1
 fi
 cat <<'EOF'
-Two device calls, back to back (the machine stays warm 30 s between them), each with
-carry [".gpu", ".gl"] and timeout_s 600 (the script stops its steps by GPU_BENCH_SECONDS):
-for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json; GPU_BENCH_SECONDS=540 bash scripts/gpu_bench.sh .gpu/bin .gpu/minilm $OUT layer,tests
-(the same, ending in `$OUT step`)
+One device call with carry [".gpu", ".gl"] and timeout_s 600 (the script stops its steps by
+GPU_BENCH_SECONDS); it prints one table (the training step with its counts beside PyTorch + PEFT):
+for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json; GPU_BENCH_SECONDS=540 bash scripts/gpu_bench.sh .gpu/bin .gpu/minilm $OUT
+(a second call, if time is left: the same, ending in `$OUT layer-extra,step-b64`)
 EOF

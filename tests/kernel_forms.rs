@@ -1,6 +1,7 @@
 //! The block-matmul op's kernel forms that the default policy would not run on CI's software
 //! device, each forced through [`KernelPolicy`] and checked against the op's f64 definition and
-//! the composite's gradients: the `#[cube]` twin, the direct kernel without shared loads, the
+//! the composite's gradients: the `#[cube]` twin, the portable form of runtimes that compile no
+//! WGSL (two-pass, the twin for partial blocks), the direct kernel without shared loads, the
 //! tiled (GPU) kernel, split-K, and every tuner candidate with the tuned path. Each test runs
 //! inside [`with_kernel_policy`], which serialises them: the policy is process-wide.
 
@@ -36,6 +37,31 @@ fn cube_twin_forward_and_gradients_equal_the_composite_reference() {
             assert!(
                 kernel_stats().twin - before >= 24,
                 "the twin kernel must have run"
+            );
+        }
+    });
+}
+
+#[test]
+fn the_portable_form_of_runtimes_without_wgsl_equals_the_composite_reference() {
+    with_kernel_policy(forced(KernelForm::Portable), || {
+        let before = kernel_stats();
+        let ran = assert_kernel_form(
+            "portable (two-pass, twin for partial blocks)",
+            &[(1, 64, 16, 2), (77, 200, 40, 4), (512, 384, 32, 2)],
+        );
+        let after = kernel_stats();
+        if ran {
+            // Every GraLoRA product of these shapes has whole blocks: burn's matmul, no twin.
+            // (The map-kind specs include partial last blocks: those take the twin.)
+            assert!(
+                after.two_pass - before.two_pass >= 18,
+                "the two-pass form must have run: {} calls",
+                after.two_pass - before.two_pass
+            );
+            assert_eq!(
+                after.direct, before.direct,
+                "a runtime without WGSL runs no WGSL kernel"
             );
         }
     });
@@ -140,7 +166,7 @@ fn every_tuner_candidate_computes_the_op_and_the_tuned_kernel_matches_the_compos
     let long = BlockMatmul::batched(2, 600, 24, 40);
     let mut specs = map_kind_specs();
     specs.extend([long.grad_rhs(), BlockMatmul::batched(2, 40, 24, 600)]);
-    let before = kernel_stats();
+    let (mut split_k, mut two_pass) = (0, 0);
     let mut runs = 0;
     for (name, device) in &devices {
         let dtypes = if device.supports_dtype(DType::F16) {
@@ -156,7 +182,10 @@ fn every_tuner_candidate_computes_the_op_and_the_tuned_kernel_matches_the_compos
                     candidate: Some(i),
                     ..tuned
                 };
+                // Counted inside the scope: the stats are process-wide, and other tests' scopes
+                // run between these.
                 with_kernel_policy(policy, || {
+                    let at_start = kernel_stats();
                     for (j, spec) in specs.iter().enumerate() {
                         assert_block_matmul_matches_definition_in(
                             &format!("{name} {dtype:?} candidate {i} spec {j}"),
@@ -165,20 +194,19 @@ fn every_tuner_candidate_computes_the_op_and_the_tuned_kernel_matches_the_compos
                             dtype,
                         );
                     }
+                    let at_end = kernel_stats();
+                    split_k += at_end.split_k - at_start.split_k;
+                    two_pass += at_end.two_pass - at_start.two_pass;
                 });
             }
         }
     }
     if !devices.is_empty() {
-        let after = kernel_stats();
-        assert!(
-            after.split_k > before.split_k,
-            "the split-K candidates must have run"
-        );
+        assert!(split_k > 0, "the split-K candidates must have run");
         // Every spec here has whole blocks: the two-pass candidate ran on each (alone and with
         // an accumulator), on every device and dtype.
         assert_eq!(
-            after.two_pass - before.two_pass,
+            two_pass,
             2 * specs.len() * runs,
             "the two-pass candidate must have run on every spec"
         );

@@ -381,7 +381,8 @@ fn grad_deviation_at_init_matches_the_random_projection_law() {
 }
 
 /// `bench step` with two methods: one JSON line each with the keys, consistent numbers
-/// (tokens/s from the median, ratios to the first) and equal trainable counts at equal r.
+/// (tokens/s from the median, ratios to the first), equal trainable counts at equal r, and the
+/// counts of a CPU step.
 #[test]
 fn bench_step_prints_consistent_json_per_method() {
     let Some(home) = excerpt_home("bench-step") else {
@@ -426,6 +427,17 @@ fn bench_step_prints_consistent_json_per_method() {
         let tps = v["tokens_per_s"].as_f64().unwrap();
         assert!((tps - 32.0 / (ms / 1e3)).abs() < 1e-6 * tps, "{v}");
         assert!(v["peak_rss_mb"].as_f64().unwrap() > 50.0, "{v}");
+        // The counts: Flex runs no cubecl kernel and no Fusion; the loss guard reads every
+        // step's loss on the CPU; each step uploads its batch (ids, segments, mask, labels) and
+        // the CPU dropout masks.
+        assert_eq!(v["warm_ms_per_step"], v["ms_per_step"], "{v}");
+        assert!(v["first_step_ms"].as_f64().unwrap() > 0.0, "{v}");
+        assert_eq!(v["launches_per_step"], 0, "{v}");
+        assert_eq!(v["fusion_blocks_per_step"], 0, "{v}");
+        assert_eq!(v["opaque_ops_per_step"], 0, "{v}");
+        assert_eq!(v["host_reads_per_step"], 1, "{v}");
+        assert!(v["host_writes_per_step"].as_u64().unwrap() >= 4, "{v}");
+        assert_eq!(v["kernels_compiled"], 0, "{v}");
     }
     assert_eq!(lines[0]["time_ratio_to_first"].as_f64().unwrap(), 1.0);
     let ratio = lines[1]["time_ratio_to_first"].as_f64().unwrap();

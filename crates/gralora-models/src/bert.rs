@@ -222,6 +222,7 @@ impl BertInput {
                 mask[row * len + j] = 1.0;
             }
         }
+        gralora::kernels::host_write(3);
         Self {
             ids: Tensor::from_data(TensorData::new(ids, [n, len]), device),
             type_ids: Tensor::from_data(TensorData::new(types, [n, len]), device),

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use burn::optim::AdamWConfig;
 use burn::tensor::Device;
+use gralora::kernels::{Counting, Counts};
 use gralora::{AdaptOptions, attach_adapters};
 use gralora_models::{Bert, BertClassifier};
 use serde::Serialize;
@@ -12,15 +13,18 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::tasks::classification::{ClassBatch, Item, TextClassifier};
 use crate::trainer::{
-    ENCODER_TARGETS, LossGuard, Report, TrainConfig, peak_rss_mib, seed_device, trainable,
-    trainable_params,
+    ENCODER_TARGETS, GPU_LOSS_CHECK_EVERY, LossGuard, Report, TrainConfig, peak_rss_mib,
+    seed_device, trainable, trainable_params,
 };
 
-/// Time whole training steps (forward, backward, AdamW) on fixed random tokens.
+/// Time whole training steps (forward, backward, AdamW) on fixed random tokens, and count what
+/// each step issues to the device.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepBench {
-    /// Median milliseconds per step.
+    /// Median milliseconds per timed step (after the warm-up).
     pub ms_per_step: f64,
+    /// The first step's milliseconds: on a GPU it compiles and tunes the step's kernels.
+    pub first_step_ms: f64,
     /// Tokens per second at the median.
     pub tokens_per_s: f64,
     /// Peak resident memory of the process, MiB.
@@ -29,6 +33,12 @@ pub struct StepBench {
     pub trainable_params: usize,
     /// Every timed step, ms.
     pub steps_ms: Vec<f64>,
+    /// What the last timed step issued (the counts of a warm step do not change from step to
+    /// step at a fixed shape).
+    pub per_step: Counts,
+    /// Distinct kernels this method's steps launched (warm-up included) that no earlier
+    /// method's had: the kernels it compiled.
+    pub kernels_compiled: usize,
 }
 
 /// What [`bench_steps`] times: `batch` examples of `seq_len` random tokens per step, `warmup`
@@ -43,6 +53,41 @@ pub struct BenchPlan {
     pub warmup: usize,
     /// Timed rounds (one step of each method per round).
     pub iters: usize,
+    /// Count launches by kernel name too.
+    pub kernel_names: bool,
+}
+
+/// One method's model, optimiser and training step, as the trainer runs it: the guarded
+/// forward (the loss watched as in training, read once per [`GPU_LOSS_CHECK_EVERY`] steps off
+/// the CPU), backward and the AdamW step.
+struct Runner {
+    model: Option<TextClassifier>,
+    optim: burn::optim::ModuleOptimizer,
+    lr: f64,
+}
+
+impl Runner {
+    /// One training step on `batch`'s items, ended by a device sync (no host read); its
+    /// milliseconds.
+    fn step(&mut self, refs: &[&Item], ad: &Device) -> Result<f64> {
+        use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+        use burn::train::TrainStep;
+        let b = ClassBatch::new(refs, 0, ad);
+        let t = Instant::now();
+        let model = self
+            .model
+            .take()
+            .expect("a runner holds its model between steps");
+        let out = TrainStep::step(&model, b);
+        let model = self
+            .optim
+            .step(ModuleLearningRate::from(self.lr), model, out.grads);
+        self.model = Some(model);
+        // Wait for the device to finish the step.
+        ad.sync()
+            .map_err(|e| crate::error::TrainError::Training(format!("device sync: {e:?}")))?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    }
 }
 
 /// Time whole training steps of several methods in one run: each method gets its model,
@@ -50,7 +95,8 @@ pub struct BenchPlan {
 /// of each method per round), so a slow spell of a shared machine hits every method alike and
 /// the ratios between them stay meaningful. One result per config, in order; `peak_rss_mb` is
 /// the process's peak after that method's warm-up, or its first step without one (all models
-/// stay resident).
+/// stay resident). Every step is counted (launches, Fusion blocks, host transfers:
+/// [`gralora::kernels::Counting`]).
 pub fn bench_steps(
     bert: Bert,
     configs: &[TrainConfig],
@@ -63,36 +109,17 @@ pub fn bench_steps(
         seq_len,
         warmup,
         iters,
+        kernel_names,
     } = plan;
-    use burn::optim::GradientsParams;
-    use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
     use rand::{Rng, SeedableRng};
-    struct Runner {
-        model: Option<TextClassifier>,
-        optim: burn::optim::ModuleOptimizer,
-        lr: f64,
+    struct Method {
+        runner: Runner,
         trainable: usize,
         peak: Option<f64>,
+        first_ms: Option<f64>,
         times: Vec<f64>,
-    }
-    impl Runner {
-        fn step(&mut self, refs: &[&Item], ad: &Device) -> Result<f64> {
-            let b = ClassBatch::new(refs, 0, ad);
-            let t = Instant::now();
-            let model = self
-                .model
-                .take()
-                .expect("a runner holds its model between steps");
-            let out = model.forward_classification(b);
-            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            let model = self
-                .optim
-                .step(ModuleLearningRate::from(self.lr), model, grads);
-            // Wait for the device to finish the step.
-            gralora::io::read_f32(model.model.classifier.weight.val())?;
-            self.model = Some(model);
-            Ok(t.elapsed().as_secs_f64() * 1e3)
-        }
+        per_step: Counts,
+        kernels: usize,
     }
     let ad = device.clone().autodiff();
     let vocab = bert.word_embeddings.weight.dims()[0];
@@ -110,7 +137,24 @@ pub fn bench_steps(
         })
         .collect();
     let refs: Vec<&Item> = items.iter().collect();
-    let mut runners = Vec::new();
+    let every = if gralora::device::is_flex(device) {
+        1
+    } else {
+        GPU_LOSS_CHECK_EVERY
+    };
+    // Everything before the first step (loading, attaching) is done: count from here.
+    device
+        .sync()
+        .map_err(|e| crate::error::TrainError::Training(format!("device sync: {e:?}")))?;
+    let mut counting = Counting::start(kernel_names);
+    let counted_step = |m: &mut Method, counting: &mut Counting| -> Result<(f64, Counts)> {
+        let before = counting.snapshot();
+        let ms = m.runner.step(&refs, &ad)?;
+        m.kernels += counting.new_kernels();
+        m.first_ms.get_or_insert(ms);
+        Ok((ms, counting.snapshot().since(&before)))
+    };
+    let mut methods = Vec::new();
     for config in configs {
         config.validate()?;
         seed_device(device, config.seed);
@@ -123,53 +167,65 @@ pub fn bench_steps(
                 &AdaptOptions::new(a, config.targets_or(ENCODER_TARGETS)),
             )?;
         }
-        let model = TextClassifier::new(clf, 1.0, LossGuard::default());
+        let guard = LossGuard::default().every(every);
+        let model = TextClassifier::new(clf, 1.0, guard);
         let trainable = trainable_params(&model);
         let optim = AdamWConfig::new()
             .with_weight_decay(config.weight_decay as f32)
             .init();
-        let mut runner = Runner {
-            model: Some(model),
-            optim,
-            lr: config.lr,
+        let mut m = Method {
+            runner: Runner {
+                model: Some(model),
+                optim,
+                lr: config.lr,
+            },
             trainable,
             peak: None,
+            first_ms: None,
             times: Vec::new(),
+            per_step: Counts::default(),
+            kernels: 0,
         };
+        // Setting up the model issues work too: not a step's.
+        let _ = counting.new_kernels();
         for i in 0..warmup {
             // On a GPU the first steps compile and tune kernels: say how long they take.
-            let ms = runner.step(&refs, &ad)?;
+            let (ms, _) = counted_step(&mut m, &mut counting)?;
             report(&format!(
                 "{}: warm-up step {}/{warmup}: {ms:.0} ms",
                 config.method.name(),
                 i + 1
             ));
         }
-        runner.peak = peak_rss_mib();
-        runners.push(runner);
+        m.peak = peak_rss_mib();
+        methods.push(m);
     }
     for round in 0..iters {
-        for runner in &mut runners {
-            let ms = runner.step(&refs, &ad)?;
-            runner.times.push(ms);
+        for m in &mut methods {
+            let (ms, counts) = counted_step(m, &mut counting)?;
+            m.times.push(ms);
+            m.per_step = counts;
             if warmup == 0 && round == 0 {
                 // No warm-up: the peak after the method's first step.
-                runner.peak = peak_rss_mib();
+                m.peak = peak_rss_mib();
             }
         }
     }
-    Ok(runners
+    Ok(methods
         .into_iter()
-        .map(|r| {
-            let mut sorted = r.times.clone();
+        .map(|m| {
+            let mut sorted = m.times.clone();
             sorted.sort_by(f64::total_cmp);
             let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
             StepBench {
                 ms_per_step: median,
+                first_step_ms: m.first_ms.unwrap_or(f64::NAN),
                 tokens_per_s: (batch * seq_len) as f64 / (median / 1e3),
-                peak_rss_mb: r.peak,
-                trainable_params: r.trainable,
-                steps_ms: r.times,
+                peak_rss_mb: m.peak,
+                trainable_params: m.trainable,
+                steps_ms: m.times,
+                per_step: m.per_step,
+                kernels_compiled: m.kernels,
             }
         })
         .collect())

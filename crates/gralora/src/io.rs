@@ -10,7 +10,9 @@ use crate::error::AdapterError;
 
 /// A float tensor's values on the host as f32. A failed device read is an error, never an empty
 /// vector.
+/// Counted as a host read ([`crate::kernels::host_read`]).
 pub fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, AdapterError> {
+    crate::kernels::host_read();
     t.try_into_data_as::<f32>()
         .map_err(|e| AdapterError::DeviceRead(format!("{e:?}")))?
         .try_into_vec::<f32>()

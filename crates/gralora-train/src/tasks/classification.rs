@@ -55,6 +55,7 @@ impl ClassBatch {
     pub fn padded(items: &[&Item], pad: u32, multiple: usize, device: &Device) -> Self {
         let encoded: Vec<Encoded> = items.iter().map(|i| i.encoded.clone()).collect();
         let labels: Vec<i64> = items.iter().map(|i| i.label as i64).collect();
+        gralora::kernels::host_write(1);
         Self {
             input: BertInput::from_encoded_to(&encoded, pad, multiple, device),
             labels: Tensor::from_data(TensorData::new(labels, [items.len()]), device),

@@ -218,6 +218,7 @@ impl LmBatch {
             }
         }
         let n = pos.len();
+        gralora::kernels::host_write(4);
         Self {
             ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),
             mask: Tensor::from_data(TensorData::new(mask, [b, t]), device),

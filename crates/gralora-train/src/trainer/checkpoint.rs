@@ -17,6 +17,8 @@ use burn::train::{
     SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem, ValidLoader,
 };
 
+use super::guard::LossGuard;
+
 /// Keeps the two newest checkpoints: the newer may still be written when a run is killed, the
 /// older is then complete (burn-train saves model, optimiser and scheduler on three threads).
 #[derive(Default)]
@@ -149,6 +151,7 @@ pub struct StepStrategy<M> {
     batches_per_epoch: usize,
     dir: PathBuf,
     resume: Option<usize>,
+    guard: Option<LossGuard>,
     _model: PhantomData<fn() -> M>,
 }
 
@@ -169,8 +172,24 @@ impl<M> StepStrategy<M> {
             batches_per_epoch: batches_per_epoch.max(1),
             dir,
             resume,
+            guard: None,
             _model: PhantomData,
         }
+    }
+
+    /// Read `guard`'s pending losses before every checkpoint and at the end of every training
+    /// epoch, so that no checkpoint holds weights a non-finite loss has reached.
+    pub fn with_guard(mut self, guard: LossGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Read the guard's pending losses; whether training must stop.
+    fn guard_stops(&self, interrupter: &burn::train::Interrupter) -> bool {
+        if let Some(g) = &self.guard {
+            g.flush();
+        }
+        interrupter.should_stop()
     }
 
     fn checkpointer<N: LearnerModel>(&self) -> LearningCheckpointer<N> {
@@ -298,12 +317,15 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for StepStrategy<M> {
                     && !item_progress.is_completed()
                     && let Some(steps) = &mut steps
                 {
+                    if self.guard_stops(&interrupter) {
+                        break;
+                    }
                     let key = (epoch - 1) * self.batches_per_epoch + iteration;
                     steps.checkpoint(&learner, key, &store);
                 }
             }
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch)));
-            if interrupter.should_stop() {
+            if self.guard_stops(&interrupter) {
                 break;
             }
 

@@ -112,14 +112,17 @@ pub fn fit<M: burn::train::LearnerModel>(
         .with_interrupter(f.interrupter)
         .num_epochs(config.epochs)
         .with_application_logger(None)
-        .with_training_strategy(TrainingStrategy::Custom(Arc::new(StepStrategy::new(
-            f.device,
-            config.checkpoint_every,
-            config.grad_accum,
-            f.batches_per_epoch,
-            f.dir.steps(),
-            step_resume,
-        ))));
+        .with_training_strategy(TrainingStrategy::Custom(Arc::new(
+            StepStrategy::new(
+                f.device,
+                config.checkpoint_every,
+                config.grad_accum,
+                f.batches_per_epoch,
+                f.dir.steps(),
+                step_resume,
+            )
+            .with_guard(f.guard.clone()),
+        )));
     if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
         training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(15))));
     }

@@ -20,7 +20,7 @@ pub use config::{
     DECODER_TARGETS, ENCODER_TARGETS, GoraSettings, Method, MethodOptions, TrainConfig,
 };
 pub use fit::{Fit, Fitted, fit, schedule};
-pub use guard::{LossGuard, guarded_step};
+pub use guard::{GPU_LOSS_CHECK_EVERY, LossGuard, guarded_step};
 pub use loader::{Batching, GPU_LEN_MULTIPLE, SeededLoader, len_multiple, seed_device};
 pub use metric::TokensPerSecond;
 pub use renderer::{LineRenderer, Report};

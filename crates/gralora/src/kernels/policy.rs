@@ -15,6 +15,10 @@ pub enum KernelForm {
     Tiled,
     /// The `#[cube]` twin even where WGSL would do (to test it anywhere).
     CubeTwin,
+    /// What a runtime that compiles no WGSL runs (burn's `vulkan` SPIR-V build, Metal, CUDA):
+    /// the two-pass form (burn's autotuned matmul through strided views), or the `#[cube]` twin
+    /// where a map has a partial last block. Forced, it runs so on wgpu too (to test it there).
+    Portable,
 }
 
 /// How the block-matmul op runs on cubecl devices.
@@ -72,7 +76,8 @@ impl KernelPolicy {
 
     /// The policy the variables `lookup` returns describe (the binary passes the environment's):
     /// `GRALORA_WGSL_TILED=1` ([`KernelForm::Tiled`]), `GRALORA_CUBE_TWIN=1`
-    /// ([`KernelForm::CubeTwin`]), `GRALORA_WGSL_SCALAR=1`, `GRALORA_WGSL_NO_SHARE=1`,
+    /// ([`KernelForm::CubeTwin`]), `GRALORA_PORTABLE=1` ([`KernelForm::Portable`]),
+    /// `GRALORA_WGSL_SCALAR=1`, `GRALORA_WGSL_NO_SHARE=1`,
     /// `GRALORA_SPLIT_K=n`, `GRALORA_WGSL_TUNE=0|1`, `GRALORA_WGSL_CANDIDATE=i`. A value that is
     /// not one of these is an error naming the variable.
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
@@ -91,10 +96,15 @@ impl KernelPolicy {
                 })
                 .transpose()
         };
-        let form = match (flag("GRALORA_WGSL_TILED")?, flag("GRALORA_CUBE_TWIN")?) {
-            (_, true) => KernelForm::CubeTwin,
-            (true, false) => KernelForm::Tiled,
-            (false, false) => KernelForm::Auto,
+        let form = match (
+            flag("GRALORA_WGSL_TILED")?,
+            flag("GRALORA_CUBE_TWIN")?,
+            flag("GRALORA_PORTABLE")?,
+        ) {
+            (_, true, _) => KernelForm::CubeTwin,
+            (_, false, true) => KernelForm::Portable,
+            (true, false, false) => KernelForm::Tiled,
+            (false, false, false) => KernelForm::Auto,
         };
         let tune = match lookup("GRALORA_WGSL_TUNE").as_deref() {
             None => None,

@@ -3,8 +3,8 @@
 //! burn's Flex backend evaluates GELU and its derivative one element at a time through libm's
 //! `erff`, on one thread: 8 % of a MiniLM training step (perf). Here Flex computes erf with a
 //! rational approximation that the compiler vectorises (within 4e-7 of erf, 3 f32 ulps near ±1; tested) over all
-//! cores; the CubeCL backends (wgpu) run burn's own GELU kernels, Fusion records the op, and
-//! Autodiff's backward is the matching `gelu_backward`.
+//! cores, and Autodiff's backward is the matching `gelu_backward`. Other devices (wgpu) build the
+//! same formula from burn's elementwise ops instead, so that Fusion fuses it.
 
 use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
 use burn::tensor::Tensor;
@@ -22,7 +22,14 @@ pub trait GeluOps: Backend {
 }
 
 /// GELU (erf form) of `x` on any device, differentiable.
+///
+/// The extension op runs on Flex. Elsewhere the formula is built from burn's elementwise tensor
+/// ops, which Fusion fuses into the kernels around them and Autodiff differentiates exactly
+/// (burn's own `gelu_backward` is the tanh approximation's derivative).
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !gralora::device::is_flex(&x.device()) {
+        return x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5;
+    }
     use burn::backend::Dispatch;
     Tensor::from_dispatch(Dispatch::erf_gelu(x.into_dispatch()))
 }

@@ -32,7 +32,8 @@ pub trait SoftmaxOps: Backend {
 }
 
 /// `softmax(scale · scores + bias, dim = D - 1)` on any device, differentiable in `scores`;
-/// `bias` is taken as a constant (no gradient flows into it).
+/// `bias` is taken as a constant (no gradient flows into it). The extension op runs on Flex;
+/// elsewhere the same formula is built from burn's tensor ops, so Fusion can fuse it.
 ///
 /// # Panics
 /// If `bias` does not broadcast to `scores` with an equal last dimension.
@@ -42,6 +43,14 @@ pub fn scaled_softmax<const D: usize>(scores: Tensor<D>, bias: Tensor<D>, scale:
         s[D - 1] == b[D - 1] && s.iter().zip(&b).all(|(s, b)| b == s || *b == 1),
         "scaled_softmax: bias {b:?} does not broadcast to scores {s:?} along the rows"
     );
+    if !gralora::device::is_flex(&scores.device()) {
+        // burn's own tensor ops, which Fusion fuses and Autodiff differentiates: the
+        // extension op would be an opaque barrier whose body runs the same ops unfused.
+        let v = scores * scale + bias.detach();
+        let max = v.clone().detach().max_dim(D - 1);
+        let e = (v - max).exp();
+        return e.clone() / e.sum_dim(D - 1);
+    }
     use burn::backend::Dispatch;
     Tensor::from_dispatch(Dispatch::scaled_softmax(
         scores.into_dispatch(),

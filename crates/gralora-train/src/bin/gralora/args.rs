@@ -401,9 +401,13 @@ pub struct BenchStepArgs {
     /// auto, wgpu or flex.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// Print one JSON line.
+    /// Print one JSON line per method.
     #[arg(long)]
     pub json: bool,
+    /// Also count a warm step's kernel launches by kernel name (printed after the summary, or
+    /// as `launches_by_kernel` in the JSON).
+    #[arg(long)]
+    pub kernels: bool,
 }
 
 #[derive(Args)]

@@ -10,6 +10,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::template::SourceKernel;
 use burn_cubecl::tensor::CubeTensor;
 
+use super::constants::constant;
 use super::plan::Plan;
 use super::wgsl::{BK, BlockMatmulKernel, INFO_LEN, Share, Vec4, info, splits, vec_axes, vec_out};
 use crate::kernels::{Counter, count, kernel_policy};
@@ -80,7 +81,7 @@ pub(super) fn run(
     } else {
         empty(spec.out_shape.clone())
     };
-    let info = client.create_from_slice(bytemuck::cast_slice(&info_host));
+    let info = constant(lhs, bytemuck::cast_slice(&info_host));
     let count = CubeCount::Static(
         (spec.n as u32).div_ceil(tile.bn()),
         (spec.m as u32).div_ceil(tile.bm()),

@@ -1,5 +1,5 @@
 //! CubeCL runtimes: the hand-written WGSL kernels where the runtime compiles WGSL (wgpu on
-//! Vulkan, Metal, DX12) and their `#[cube]` twin elsewhere.
+//! Vulkan, Metal, DX12), burn's matmul through strided views elsewhere.
 //!
 //! - [`wgsl`]: `shaders/block_matmul.wgsl` (tiled through workgroup memory) and
 //!   `shaders/block_matmul_direct.wgsl` (operands straight from storage; on lavapipe one
@@ -7,10 +7,15 @@
 //! - [`plan`]: which kernel, tile, sharing and split-K a call runs, and the tuner's candidates;
 //! - [`tuner`]: cubecl's autotuner picking a plan (or the two-pass form) per shape class on a GPU;
 //! - [`two_pass`]: the composite's way, product by product, through burn's matmul;
-//! - [`launch`] and [`twin`]: launching a plan, or the `#[cube]` twin.
+//! - [`launch`] and [`twin`]: launching a plan, or the `#[cube]` twin;
+//! - [`constants`]: the small constant buffers the kernels read, uploaded once.
+//!
+//! Runtimes that compile no WGSL (SPIR-V, Metal, CUDA) run the two-pass form, and the twin only
+//! where a map has a partial last block.
 //!
 //! [`KernelPolicy`](crate::kernels::KernelPolicy) forces any of these forms.
 
+mod constants;
 mod launch;
 mod plan;
 mod tuner;
@@ -25,6 +30,7 @@ use burn_cubecl::tensor::CubeTensor;
 
 use crate::kernels::{KernelForm, kernel_policy};
 use crate::ops::{BlockMatmul, BlockMatmulOps};
+use constants::constant;
 use launch::{empty_on, run};
 pub(crate) use plan::TUNED_CANDIDATES;
 use plan::{Plan, TILED_CANDIDATES, candidate_plans};
@@ -59,11 +65,19 @@ impl BlockMatmulOps for CubeBackend {
             return empty(spec.out_shape.clone());
         }
         let policy = kernel_policy();
-        if !compiles_wgsl(&lhs) || policy.form == KernelForm::CubeTwin {
+        let twin = || {
             let out = empty(spec.out_shape.clone());
-            let info = client.create_from_slice(bytemuck::cast_slice(&info(&spec)));
+            let info = constant(&lhs, bytemuck::cast_slice(&info(&spec)));
             launch_twin(&lhs, &rhs, &out, info, &spec, f16);
-            return out;
+            out
+        };
+        if policy.form == KernelForm::CubeTwin {
+            return twin();
+        }
+        if !compiles_wgsl(&lhs) || policy.form == KernelForm::Portable {
+            // No WGSL here: burn's matmul (tuned, with the runtime's own tensor-core kernels)
+            // through strided views; the naive twin only where no view has the map's shape.
+            return two_pass(&lhs, &rhs, &spec).unwrap_or_else(|_| twin());
         }
         // A device that is no card (cubecl's identity has no physical device): a CPU rasteriser.
         let properties = client.properties();

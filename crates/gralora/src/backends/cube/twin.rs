@@ -3,6 +3,7 @@
 use burn_cubecl::cubecl::prelude::CubeDim;
 use burn_cubecl::tensor::CubeTensor;
 
+use super::constants::constant;
 use super::wgsl::{INFO_LEN, splits};
 use crate::kernels::{Counter, count};
 use crate::ops::BlockMatmul;
@@ -21,13 +22,13 @@ pub(super) fn launch_twin(
     let client = &lhs.client;
     let total = spec.g * spec.m * spec.n;
     let split_list: Vec<u32> = splits(spec).iter().map(|s| *s as u32).collect();
-    let splits_handle = client.create_from_slice(bytemuck::cast_slice(&split_list));
+    let splits_handle = constant(lhs, bytemuck::cast_slice(&split_list));
     let cube_dim = CubeDim::new_1d(256);
     let count = calculate_cube_count_elemwise(client, total, cube_dim);
     let numel = |t: &CubeTensor| t.meta.shape().num_elements();
     macro_rules! launch {
         ($f:ty, $alpha:expr) => {{
-            let alpha = client.create_from_slice(bytemuck::cast_slice(&[$alpha]));
+            let alpha = constant(lhs, bytemuck::cast_slice(&[$alpha]));
             // SAFETY: every buffer is as long as the element count passed with it, and the maps
             // keep every offset inside its buffer (`BlockMatmul::check`).
             unsafe {

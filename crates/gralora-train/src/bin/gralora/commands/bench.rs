@@ -44,6 +44,7 @@ pub fn step(args: BenchStepArgs) -> Result<()> {
             seq_len: args.seq_len,
             warmup: args.warmup,
             iters: args.iters.max(1),
+            kernel_names: args.kernels,
         },
         &device,
         &mut |line| eprintln!("{line}"),
@@ -52,30 +53,54 @@ pub fn step(args: BenchStepArgs) -> Result<()> {
     for ((method, config), r) in methods.into_iter().zip(&configs).zip(results) {
         let ratio = r.ms_per_step / *first_ms.get_or_insert(r.ms_per_step);
         let name = method.name();
+        let c = &r.per_step;
         if args.json {
-            println!(
-                "{}",
-                json!({
-                    "method": name, "rank": config.rank, "k": config.k,
-                    "batch_size": args.batch_size, "seq_len": args.seq_len, "device": device_name(&device),
-                    "ms_per_step": r.ms_per_step, "tokens_per_s": r.tokens_per_s,
-                    "peak_rss_mb": r.peak_rss_mb, "trainable_params": r.trainable_params,
-                    "time_ratio_to_first": ratio,
-                })
-            );
+            let mut line = json!({
+                "method": name, "rank": config.rank, "k": config.k,
+                "batch_size": args.batch_size, "seq_len": args.seq_len, "device": device_name(&device),
+                "ms_per_step": r.ms_per_step, "warm_ms_per_step": r.ms_per_step,
+                "first_step_ms": r.first_step_ms, "tokens_per_s": r.tokens_per_s,
+                "peak_rss_mb": r.peak_rss_mb, "trainable_params": r.trainable_params,
+                "time_ratio_to_first": ratio,
+                "launches_per_step": c.launches, "host_reads_per_step": c.host_reads,
+                "host_writes_per_step": c.host_writes, "kernels_compiled": r.kernels_compiled,
+                "fusion_ops_per_step": c.fusion_ops, "fusion_blocks_per_step": c.fusion_blocks,
+                "fused_blocks_per_step": c.fused_blocks, "opaque_ops_per_step": c.opaque_ops,
+            });
+            if args.kernels {
+                line["launches_by_kernel"] = json!(c.by_kernel);
+            }
+            println!("{line}");
         } else {
             println!(
-                "{name:<8} r={} k={} batch {}×{} on {}: {:.1} ms/step ({ratio:.3}× the first), {:.0} tokens/s, peak memory so far {:.0} MiB, {} trainable parameters",
+                "{name:<8} r={} k={} batch {}×{} on {}: {:.1} ms/step ({ratio:.3}× the first), first step {:.0} ms, {:.0} tokens/s, peak memory so far {:.0} MiB, {} trainable parameters",
                 config.rank,
                 config.k,
                 args.batch_size,
                 args.seq_len,
                 device_name(&device),
                 r.ms_per_step,
+                r.first_step_ms,
                 r.tokens_per_s,
                 r.peak_rss_mb.unwrap_or(f64::NAN),
                 r.trainable_params
             );
+            println!(
+                "         per step: {} launches, {} host reads, {} host writes; Fusion: {} ops, {} blocks ({} fused), {} opaque; {} kernels compiled",
+                c.launches,
+                c.host_reads,
+                c.host_writes,
+                c.fusion_ops,
+                c.fusion_blocks,
+                c.fused_blocks,
+                c.opaque_ops,
+                r.kernels_compiled
+            );
+            if args.kernels {
+                for (kernel, n) in &c.by_kernel {
+                    println!("         {n:>6} × {kernel}");
+                }
+            }
         }
     }
     Ok(())
