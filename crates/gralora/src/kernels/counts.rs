@@ -62,6 +62,23 @@ pub struct Counts {
     pub opaque_ops: u64,
 }
 
+/// One line: launches, host reads and writes, and Fusion's operations, blocks and opaque ops.
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} launches, {} host reads, {} host writes; Fusion: {} ops, {} blocks ({} fused), {} opaque",
+            self.launches,
+            self.host_reads,
+            self.host_writes,
+            self.fusion_ops,
+            self.fusion_blocks,
+            self.fused_blocks,
+            self.opaque_ops
+        )
+    }
+}
+
 impl Counts {
     /// What happened from `earlier` to `self` (both from one [`Counting`]).
     pub fn since(&self, earlier: &Counts) -> Counts {
@@ -250,5 +267,9 @@ mod tests {
         assert_eq!(d.by_kernel, [("y".to_string(), 4)].into());
         assert_eq!(d.host_reads, 1);
         assert_eq!(d.opaque_ops, 5);
+        assert_eq!(
+            d.to_string(),
+            "7 launches, 1 host reads, 0 host writes; Fusion: 0 ops, 0 blocks (0 fused), 5 opaque"
+        );
     }
 }

@@ -86,14 +86,7 @@ pub fn step(args: BenchStepArgs) -> Result<()> {
                 r.trainable_params
             );
             println!(
-                "         per step: {} launches, {} host reads, {} host writes; Fusion: {} ops, {} blocks ({} fused), {} opaque; {} kernels compiled",
-                c.launches,
-                c.host_reads,
-                c.host_writes,
-                c.fusion_ops,
-                c.fusion_blocks,
-                c.fused_blocks,
-                c.opaque_ops,
+                "         per step: {c}; {} kernels compiled",
                 r.kernels_compiled
             );
             if args.kernels {
