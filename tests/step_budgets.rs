@@ -187,7 +187,7 @@ fn kernels_compiled_over_steps_of_varying_lengths_are_bounded() {
     let mut model = Some(TextClassifier::new(
         clf,
         1.0,
-        LossGuard::default().every(32),
+        LossGuard::default().reading_for(&ad),
     ));
     let mut optim = AdamWConfig::new().init();
     // 20 batches whose longest example is anywhere in 1..=128 tokens: padded to a multiple

@@ -13,8 +13,8 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::tasks::classification::{ClassBatch, Item, TextClassifier};
 use crate::trainer::{
-    ENCODER_TARGETS, GPU_LOSS_CHECK_EVERY, LossGuard, Report, TrainConfig, peak_rss_mib,
-    seed_device, trainable, trainable_params,
+    ENCODER_TARGETS, LossGuard, Report, TrainConfig, peak_rss_mib, seed_device, trainable,
+    trainable_params,
 };
 
 /// Time whole training steps (forward, backward, AdamW) on fixed random tokens, and count what
@@ -58,7 +58,8 @@ pub struct BenchPlan {
 }
 
 /// One method's model, optimiser and training step, as the trainer runs it: the guarded
-/// forward (the loss watched as in training, read once per [`GPU_LOSS_CHECK_EVERY`] steps off
+/// forward (the loss watched as in training, read once per
+/// [`GPU_LOSS_CHECK_EVERY`](crate::trainer::GPU_LOSS_CHECK_EVERY) steps off
 /// the CPU), backward and the AdamW step.
 struct Runner {
     model: Option<TextClassifier>,
@@ -137,11 +138,6 @@ pub fn bench_steps(
         })
         .collect();
     let refs: Vec<&Item> = items.iter().collect();
-    let every = if gralora::device::is_flex(device) {
-        1
-    } else {
-        GPU_LOSS_CHECK_EVERY
-    };
     // Everything before the first step (loading, attaching) is done: count from here.
     device
         .sync()
@@ -167,7 +163,7 @@ pub fn bench_steps(
                 &AdaptOptions::new(a, config.targets_or(ENCODER_TARGETS)),
             )?;
         }
-        let guard = LossGuard::default().every(every);
+        let guard = LossGuard::default().reading_for(device);
         let model = TextClassifier::new(clf, 1.0, guard);
         let trainable = trainable_params(&model);
         let optim = AdamWConfig::new()

@@ -54,6 +54,18 @@ impl LossGuard {
         }
     }
 
+    /// Read the losses as suits `device`: every step's on Flex, where a read costs nothing;
+    /// [`GPU_LOSS_CHECK_EVERY`] steps' at once elsewhere, where a read per step would stall the
+    /// device's queue.
+    pub fn reading_for(self, device: &burn::tensor::Device) -> Self {
+        let every = if gralora::device::is_flex(device) {
+            1
+        } else {
+            GPU_LOSS_CHECK_EVERY
+        };
+        self.every(every)
+    }
+
     /// Read the losses once per `steps` steps (at least 1) instead of once per step.
     pub fn every(mut self, steps: usize) -> Self {
         self.every = steps.max(1);
@@ -90,13 +102,12 @@ impl LossGuard {
     /// non-finite one. A loss that cannot be read counts as non-finite (NaN).
     pub fn flush(&self) {
         let pending = std::mem::take(&mut *self.pending.lock().expect("loss guard lock"));
-        let Some(&(first, _)) = pending.first() else {
+        if pending.is_empty() {
             return;
-        };
+        }
         let (steps, losses): (Vec<usize>, Vec<Tensor<1>>) = pending.into_iter().unzip();
         let values = gralora::io::read_f32(Tensor::cat(losses, 0))
             .unwrap_or_else(|_| vec![f32::NAN; steps.len()]);
-        debug_assert!(first == steps[0]);
         for (step, value) in steps.into_iter().zip(values) {
             self.check_at(step, value);
         }

@@ -14,7 +14,7 @@ use gralora::{AdaptOptions, AdapterHost, attach_adapters};
 use super::checkpoint::ResumePoint;
 use super::config::{Method, TrainConfig};
 use super::fit::{Fit, fit};
-use super::guard::{GPU_LOSS_CHECK_EVERY, LossGuard};
+use super::guard::LossGuard;
 use super::loader::{Batching, SeededLoader, seed_device};
 use super::renderer::Report;
 use super::run_dir::{EvalMetrics, RunDir, RunMetrics, peak_rss_mib, write_json};
@@ -235,14 +235,8 @@ impl Session<'_> {
         }
 
         let interrupter = Interrupter::new();
-        // On the CPU a read costs nothing; on a GPU it would stall every step's queue.
-        let every = if gralora::device::is_flex(self.device) {
-            1
-        } else {
-            GPU_LOSS_CHECK_EVERY
-        };
         let guard = LossGuard::new(interrupter.clone())
-            .every(every)
+            .reading_for(self.device)
             .starting_at(resumed_from.map_or(0, |p| p.batches_done(batches_per_epoch)));
         let learner = workload.learner(model, 1.0 / config.grad_accum as f64, guard.clone());
         let trainable = trainable_params(&learner);
