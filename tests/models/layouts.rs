@@ -267,6 +267,31 @@ fn bad_files_give_errors_naming_the_file_and_tensor() {
         "{e}"
     );
 
+    // A NaN or an infinity in a weight is refused at load, naming the tensor.
+    for (bad, shown) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf")] {
+        let mut poisoned = weights.clone();
+        let i = poisoned
+            .iter()
+            .position(|w| w.0 == "model.layers.1.self_attn.v_proj.weight")
+            .unwrap();
+        poisoned[i].2[5] = bad;
+        write_safetensors(&wdir.join("model.safetensors"), &poisoned);
+        let e = Llama::from_dir(&wdir, &device).err().unwrap().to_string();
+        assert!(
+            e.contains("model.layers.1.self_attn.v_proj.weight")
+                && e.contains(&format!("holds {shown} at element 5"))
+                && e.contains("corrupt"),
+            "{e}"
+        );
+        let gguf = dir.join("poisoned.gguf");
+        tiny_llama_gguf(&gguf, &poisoned);
+        let e = Llama::from_gguf(GgufFile::open(&gguf).unwrap(), &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("poisoned.gguf") && e.contains(shown), "{e}");
+    }
+
     // A config with a missing field.
     let cfg = dir.join("bad_config.json");
     std::fs::write(&cfg, r#"{"vocab_size": 10, "num_hidden_layers": 2}"#).unwrap();

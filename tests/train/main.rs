@@ -10,6 +10,7 @@ mod common;
 mod methods;
 mod readers;
 mod training;
+mod user_data;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -33,14 +33,8 @@ fn answer_log_probs_equal_the_full_forward_of_smollm2() {
         .unwrap()
         .ids;
     let items = [
-        LmItem {
-            ids: a.clone(),
-            answer_start: a.len() - 4,
-        },
-        LmItem {
-            ids: b.clone(),
-            answer_start: b.len() - 1,
-        },
+        LmItem::answer(a.clone(), a.len() - 4),
+        LmItem::answer(b.clone(), b.len() - 1),
     ];
     let batch = LmBatch::new(&items.iter().collect::<Vec<_>>(), &device);
     let rows = batch.rows.clone();

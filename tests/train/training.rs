@@ -137,71 +137,12 @@ fn a_sigkilled_run_resumed_ends_like_an_uninterrupted_one() {
         .chain([out.display().to_string()])
         .collect()
     };
-    let full = home.join("full");
-    let a: Vec<String> = args(&full);
-    let o = gralora(&a.iter().map(String::as_str).collect::<Vec<_>>(), &home);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-
-    assert!(
-        !full.join("run/steps").exists(),
-        "a finished run drops its mid-epoch checkpoints"
-    );
+    let (full, cut, at) = kill_and_resume(&home, &args, 20);
     assert!(full.join("run/checkpoint/model-3.bpk").is_file());
-
-    // The same run, killed with SIGKILL once a mid-epoch checkpoint of epoch 2 exists (160
-    // examples in batches of 8: 20 batches per epoch, a checkpoint every 3 optimiser steps).
-    let cut = home.join("cut");
-    let a = args(&cut);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gralora"))
-        .args(&a)
-        .env("GRALORA_HOME", &home)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let steps = cut.join("run/steps");
-    let start = Instant::now();
-    loop {
-        let in_epoch_2 = gralora_train::trainer::complete_checkpoints(&steps)
-            .last()
-            .is_some_and(|&k| k > 20);
-        if in_epoch_2 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
-        assert!(start.elapsed() < Duration::from_secs(600));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert!(
-        !cut.join("metrics.json").exists(),
-        "a killed run must not look complete"
-    );
-    assert!(!cut.join("run/checkpoint/model-3.bpk").exists());
-    let at = *gralora_train::trainer::complete_checkpoints(&steps)
-        .last()
-        .unwrap();
     assert!(
         !at.is_multiple_of(20) && at < 40,
         "killed mid-epoch 2, at batch {at}"
     );
-
-    let o = gralora(
-        &[
-            "train",
-            "--out",
-            cut.to_str().unwrap(),
-            "--resume",
-            "--device",
-            "flex",
-        ],
-        &home,
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (x, y) = (metrics(&full), metrics(&cut));
     assert_eq!(y.resumed_from_epoch, Some(1));
     assert_eq!(
@@ -220,26 +161,92 @@ fn a_sigkilled_run_resumed_ends_like_an_uninterrupted_one() {
         x.eval.loss,
         y.eval.loss
     );
-    // And the adapters are the same tensors.
-    let ta = std::fs::read(full.join("adapter_model.safetensors")).unwrap();
-    let tb = std::fs::read(cut.join("adapter_model.safetensors")).unwrap();
+    assert_same_adapters(&full, &cut);
+}
+
+/// Run `args(out)` to its end into `home/full`; run it again into `home/cut`, SIGKILL it once a
+/// mid-epoch checkpoint past `kill_after` training batches exists, and resume it with only
+/// `--out` and `--resume`. Returns both directories and the batch the killed run had reached.
+pub(crate) fn kill_and_resume(
+    home: &Path,
+    args: &dyn Fn(&Path) -> Vec<String>,
+    kill_after: usize,
+) -> (PathBuf, PathBuf, usize) {
+    let full = home.join("full");
+    let a: Vec<String> = args(&full);
+    let o = gralora(&a.iter().map(String::as_str).collect::<Vec<_>>(), home);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !full.join("run/steps").exists(),
+        "a finished run drops its mid-epoch checkpoints"
+    );
+
+    let cut = home.join("cut");
+    let a = args(&cut);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gralora"))
+        .args(&a)
+        .env("GRALORA_HOME", home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let steps = cut.join("run/steps");
+    let start = Instant::now();
+    loop {
+        let past = gralora_train::trainer::complete_checkpoints(&steps)
+            .last()
+            .is_some_and(|&k| k > kill_after);
+        if past {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(start.elapsed() < Duration::from_secs(600));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !cut.join("metrics.json").exists(),
+        "a killed run must not look complete"
+    );
+    let at = *gralora_train::trainer::complete_checkpoints(&steps)
+        .last()
+        .unwrap();
+    let o = gralora(
+        &[
+            "train",
+            "--out",
+            cut.to_str().unwrap(),
+            "--resume",
+            "--device",
+            "flex",
+        ],
+        home,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (full, cut, at)
+}
+
+/// The two runs' adapters hold the same tensors (to 1e-5).
+pub(crate) fn assert_same_adapters(a: &Path, b: &Path) {
+    let ta = std::fs::read(a.join("adapter_model.safetensors")).unwrap();
+    let tb = std::fs::read(b.join("adapter_model.safetensors")).unwrap();
     let (sa, sb) = (
         safetensors::SafeTensors::deserialize(&ta).unwrap(),
         safetensors::SafeTensors::deserialize(&tb).unwrap(),
     );
+    assert_eq!(sa.len(), sb.len());
     for (name, view) in sa.tensors() {
         let other = sb.tensor(&name).unwrap();
-        let (p, q): (Vec<f32>, Vec<f32>) = (
-            view.data()
-                .chunks(4)
+        let floats = |d: &[u8]| -> Vec<f32> {
+            d.chunks(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            other
-                .data()
-                .chunks(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        );
+                .collect()
+        };
+        let (p, q) = (floats(view.data()), floats(other.data()));
         let d = p
             .iter()
             .zip(&q)

@@ -21,6 +21,7 @@
 
 pub mod assets;
 pub mod bert;
+pub mod chat;
 mod error;
 pub mod fastmath;
 pub mod gguf;
@@ -31,6 +32,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use bert::{Bert, BertClassifier, BertConfig, BertInput, Pooling};
+pub use chat::{ChatTemplate, ChatTokens, Message};
 pub use error::{ModelError, Result};
 pub use llama::{Generation, KvCache, Llama, LlamaConfig, Sampler};
 pub use source::{LoadedModel, ModelSource};

@@ -337,15 +337,24 @@ impl Llama {
     }
 
     /// Rotary cos/sin tables `[len, head_dim]` for positions `start..start+len` (rotate-half layout).
-    fn rope(&self, start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    fn rope(&self, start: usize, len: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+        let positions: Vec<usize> = (start..start + len).collect();
+        let (cos, sin) = self.rope_at(&positions, device);
+        let hd = self.head_dim;
+        (cos.reshape([1, 1, len, hd]), sin.reshape([1, 1, len, hd]))
+    }
+
+    /// cos and sin `[positions, head_dim]` of the rotary embedding at `positions`.
+    fn rope_at(&self, positions: &[usize], device: &Device) -> (Tensor<2>, Tensor<2>) {
         let hd = self.head_dim;
         let half = hd / 2;
-        let mut cos = vec![0f32; len * hd];
-        let mut sin = vec![0f32; len * hd];
-        for p in 0..len {
+        let n = positions.len();
+        let mut cos = vec![0f32; n * hd];
+        let mut sin = vec![0f32; n * hd];
+        for (p, &pos) in positions.iter().enumerate() {
             for i in 0..half {
                 let inv = self.rope_theta.powf(-(2.0 * i as f64) / hd as f64);
-                let angle = (start + p) as f64 * inv;
+                let angle = pos as f64 * inv;
                 let (s, c) = angle.sin_cos();
                 for j in [i, i + half] {
                     cos[p * hd + j] = c as f32;
@@ -354,20 +363,59 @@ impl Llama {
             }
         }
         (
-            Tensor::from_data(TensorData::new(cos, [len, hd]), device),
-            Tensor::from_data(TensorData::new(sin, [len, hd]), device),
+            Tensor::from_data(TensorData::new(cos, [n, hd]), device),
+            Tensor::from_data(TensorData::new(sin, [n, hd]), device),
         )
     }
 
-    fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+    /// `x` `[b, h, t, hd]` rotated by `cos`, `sin` `[1 or b, 1, t, hd]`.
+    fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
         let [b, h, t, hd] = x.dims();
         let half = hd / 2;
         let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
         let x2 = x.clone().slice([0..b, 0..h, 0..t, half..hd]);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        let cos = cos.clone().reshape([1, 1, t, hd]);
-        let sin = sin.clone().reshape([1, 1, t, hd]);
-        x * cos + rotated * sin
+        x * cos.clone() + rotated * sin.clone()
+    }
+
+    /// Final hidden states of packed rows `ids` `[batch, len]`: row `r` holds several examples
+    /// one after another, the second and later starting at `starts[r]` (sorted). Each example
+    /// attends only to itself, causally, and its positions restart at 0 — the same states as
+    /// each example run alone. Rows are right-padded; padding forms its row's last example.
+    pub fn forward_hidden_packed(&self, ids: Tensor<2, Int>, starts: &[Vec<usize>]) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        let device = ids.device();
+        let hd = self.head_dim;
+        let mut positions = Vec::with_capacity(b * t);
+        let mut bias = vec![-1e9f32; b * t * t];
+        for r in 0..b {
+            let row_starts = starts.get(r).map_or(&[][..], Vec::as_slice);
+            let mut segment = vec![0usize; t];
+            let (mut seg, mut begin) = (0usize, 0usize);
+            for (p, s) in segment.iter_mut().enumerate() {
+                while seg < row_starts.len() && row_starts[seg] <= p {
+                    begin = row_starts[seg];
+                    seg += 1;
+                }
+                *s = seg;
+                positions.push(p - begin);
+            }
+            for i in 0..t {
+                for j in 0..=i {
+                    if segment[j] == segment[i] {
+                        bias[(r * t + i) * t + j] = 0.0;
+                    }
+                }
+            }
+        }
+        let (cos, sin) = self.rope_at(&positions, &device);
+        let bias: Tensor<4> = Tensor::from_data(TensorData::new(bias, [b, 1, t, t]), &device);
+        self.blocks(
+            ids,
+            bias,
+            (cos.reshape([b, 1, t, hd]), sin.reshape([b, 1, t, hd])),
+            None,
+        )
     }
 
     /// Final hidden states `[batch, len, hidden]` for `ids` `[batch, len]`, continuing `cache` if given.
@@ -376,7 +424,7 @@ impl Llama {
         &self,
         ids: Tensor<2, Int>,
         mask: Option<Tensor<2>>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let [b, t] = ids.dims();
         let device = ids.device();
@@ -396,6 +444,21 @@ impl Llama {
         if let Some(mask) = mask {
             bias = bias + (mask - 1.0).mul_scalar(1e9).reshape([b, 1, 1, total]);
         }
+        self.blocks(ids, bias, (cos, sin), cache)
+    }
+
+    /// The blocks and the final norm over `ids` `[b, t]`, with the additive attention `bias`
+    /// `[1 or b, 1, t, cached + t]` and the rotary `(cos, sin)` `[1 or b, 1, t, head_dim]`.
+    fn blocks(
+        &self,
+        ids: Tensor<2, Int>,
+        bias: Tensor<4>,
+        (cos, sin): (Tensor<4>, Tensor<4>),
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let total = past + t;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kv;
         let mut x = self.embed_tokens.forward(ids);

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::assets;
 use crate::bert::{Bert, BertConfig};
+use crate::chat::ChatTemplate;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::llama::{Llama, LlamaConfig};
@@ -148,7 +149,8 @@ impl LoadedModel {
                     .or_else(|| probe.architectures.first().cloned())
                     .unwrap_or_default()
                     .to_ascii_lowercase();
-                let tokenizer = TextTokenizer::from_file(dir.join("tokenizer.json"))?;
+                let mut tokenizer = TextTokenizer::from_file(dir.join("tokenizer.json"))?;
+                tokenizer.chat_template = ChatTemplate::from_hf_dir(dir)?;
                 if kind.contains("bert") {
                     let (config, model) = Bert::from_dir(dir, device)?;
                     Self::Encoder {

@@ -10,6 +10,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
+use crate::chat::ChatTemplate;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, Value};
 
@@ -22,6 +23,9 @@ pub struct Encoded {
     pub type_ids: Vec<u32>,
 }
 
+/// A token's byte range `(start, end)` in the text it came from.
+pub type Offsets = (usize, usize);
+
 /// A tokenizer plus the special tokens a model needs.
 #[derive(Clone)]
 pub struct TextTokenizer {
@@ -33,6 +37,8 @@ pub struct TextTokenizer {
     pub eos: Vec<u32>,
     /// Whether a BOS token is prepended to prompts.
     pub add_bos: bool,
+    /// The model's chat template, when it ships one.
+    pub chat_template: Option<ChatTemplate>,
 }
 
 impl TextTokenizer {
@@ -76,6 +82,7 @@ impl TextTokenizer {
             bos,
             eos,
             add_bos: false,
+            chat_template: None,
         })
     }
 
@@ -162,13 +169,24 @@ impl TextTokenizer {
             file.metadata.get("tokenizer.ggml.add_bos_token"),
             Some(Value::Bool(true))
         );
-        Ok(Self {
+        let mut tokenizer = Self {
             inner,
             path,
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
             add_bos,
-        })
+            chat_template: None,
+        };
+        if let Some(source) = file
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+        {
+            let text = |id: Option<u32>| id.map(|i| tokenizer.token_text(i)).unwrap_or_default();
+            let (bos, eos) = (text(tokenizer.bos), text(tokenizer.eos.first().copied()));
+            tokenizer.chat_template = Some(ChatTemplate::new(source, file.path(), bos, eos)?);
+        }
+        Ok(tokenizer)
     }
 
     /// The file the tokenizer came from.
@@ -196,6 +214,12 @@ impl TextTokenizer {
             type_ids.insert(0, 0);
         }
         Ok(Encoded { ids, type_ids })
+    }
+
+    /// Token ids of `text` without added special tokens, with each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Offsets>)> {
+        let enc = self.inner.encode(text, false).map_err(|e| self.err(e))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     /// Token ids of a text pair (`[CLS] a [SEP] b [SEP]` for BERT).

@@ -153,7 +153,8 @@ impl<'a> Loader<'a> {
             .is_some()
     }
 
-    /// A tensor with exactly `shape`, on the host.
+    /// A tensor with exactly `shape`, on the host. A NaN or infinite value is an error naming
+    /// the tensor: a corrupt file is refused at load, not found later as a NaN loss.
     pub fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let full = format!("{}{name}", self.prefix);
         let found = self
@@ -172,7 +173,17 @@ impl<'a> Loader<'a> {
                 found,
             });
         }
-        self.source.read(&full)
+        let t = self.source.read(&full)?;
+        if let Some((i, v)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(ModelError::format(
+                self.source.path(),
+                format!(
+                    "tensor `{full}` holds {v} at element {i} of {}; the file is corrupt (fetch or export it again)",
+                    t.data.len()
+                ),
+            ));
+        }
+        Ok(t)
     }
 
     /// A tensor with exactly `shape`, on the device.

@@ -1,7 +1,8 @@
 //! Readers of the data sources, one file per source: the offline stand-ins that `gralora fetch`
 //! puts in the asset cache (pinned PyPI packages), read from there or from any directory
 //! laid out the same way. Readers turn files into examples; the tasks in [`crate::tasks`] decide
-//! what to train and evaluate on.
+//! what to train and evaluate on. A user's own files are read by [`table`] (JSON Lines, CSV,
+//! TSV, Parquet) and made examples by [`user`].
 
 mod boolq;
 pub mod commonsense;
@@ -10,6 +11,8 @@ mod glue;
 pub mod gsm8k;
 mod rotten_tomatoes;
 mod snli;
+pub mod table;
+pub mod user;
 
 pub use boolq::read_boolq;
 pub use commonsense::{McExample, read_mc};
@@ -20,3 +23,7 @@ pub use files::{
 pub use glue::{read_arrow, read_glue_pairs, read_sst2_arrow};
 pub use rotten_tomatoes::{normalise, read_rotten_tomatoes, remove_overlap};
 pub use snli::read_snli;
+pub use user::{
+    Columns, LabelledData, Scored, ScoredData, SftColumns, SftExample, has_scores, read_labelled,
+    read_scored, read_sft, read_sft_file, read_with_labels, split_off,
+};

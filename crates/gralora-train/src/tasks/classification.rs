@@ -18,11 +18,12 @@ use gralora_models::{
 };
 
 use super::builtin::Task;
-use crate::data::{Example, seeded_subset};
+use crate::data::{Example, read_labelled, seeded_subset};
 use crate::error::{Result, TrainError};
 use crate::trainer::{
-    Batching, ENCODER_TARGETS, EvalMetrics, LossGuard, Method, Report, RunNames, SeededLoader,
-    Session, TrainConfig, Workload, guarded_step, len_multiple, trainable,
+    Batching, DataSettings, ENCODER_TARGETS, EvalMetrics, LossGuard, Method, Report, RunNames,
+    SeededLoader, Session, TrainConfig, Workload, guarded_step, len_multiple, trainable,
+    write_json,
 };
 
 /// One tokenised example.
@@ -182,6 +183,61 @@ pub fn tokenize(
         .collect()
 }
 
+/// Tokenise examples (truncated to `max_len`), counting the examples truncated and the tokens
+/// they lost.
+pub fn tokenize_counted(
+    tokenizer: &mut TextTokenizer,
+    examples: &[Example],
+    max_len: usize,
+) -> Result<(Vec<Item>, (usize, usize))> {
+    tokenizer.set_max_len(None)?;
+    let mut full = Vec::with_capacity(examples.len());
+    for e in examples {
+        full.push(match &e.b {
+            Some(b) => tokenizer.encode_pair(&e.a, b)?.ids.len(),
+            None => tokenizer.encode(&e.a, true)?.ids.len(),
+        });
+    }
+    let items = tokenize(tokenizer, examples, max_len)?;
+    let (mut n, mut lost) = (0, 0);
+    for (item, len) in items.iter().zip(full) {
+        if len > item.encoded.ids.len() {
+            n += 1;
+            lost += len - item.encoded.ids.len();
+        }
+    }
+    Ok((items, (n, lost)))
+}
+
+/// The class names of a classifier trained on the user's data (`labels.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Labels {
+    /// Names by class index (a regression: `["score"]`).
+    pub labels: Vec<String>,
+    /// The head predicts a score, not classes.
+    #[serde(default)]
+    pub regression: bool,
+}
+
+impl Labels {
+    /// A regression head's file.
+    pub fn regression() -> Self {
+        Self {
+            labels: vec!["score".into()],
+            regression: true,
+        }
+    }
+
+    /// Read `labels.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Data {
+            path: path.to_path_buf(),
+            msg: format!("not a labels file: {e}"),
+        })
+    }
+}
+
 /// The token id used for padding (`[PAD]`, else 0).
 pub fn pad_id(tokenizer: &TextTokenizer) -> u32 {
     tokenizer
@@ -234,7 +290,71 @@ pub fn evaluate(
         accuracy: correct as f64 / n,
         f1,
         loss: loss_sum / n,
+        perplexity: None,
+        pearson: None,
+        spearman: None,
     })
+}
+
+/// The class probabilities `model` gives one text (or text pair), truncated to `max_len`.
+pub fn class_probabilities(
+    model: &BertClassifier,
+    tokenizer: &mut TextTokenizer,
+    text: &str,
+    pair: Option<&str>,
+    max_len: usize,
+) -> Result<Vec<f32>> {
+    let logits = class_scores(model, tokenizer, text, pair, max_len)?;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    Ok(exp.into_iter().map(|e| e / sum).collect())
+}
+
+/// The head's raw outputs (logits; a regression head: the score) for one text or text pair.
+pub fn class_scores(
+    model: &BertClassifier,
+    tokenizer: &mut TextTokenizer,
+    text: &str,
+    pair: Option<&str>,
+    max_len: usize,
+) -> Result<Vec<f32>> {
+    let example = Example {
+        a: text.to_string(),
+        b: pair.map(str::to_string),
+        label: 0,
+    };
+    let items = tokenize(tokenizer, &[example], max_len)?;
+    let device = model.classifier.weight.val().device();
+    let batch = ClassBatch::new(&[&items[0]], 0, &device);
+    Ok(gralora::io::read_f32(model.forward(&batch.input))?)
+}
+
+/// Write a trained encoder into the run directory: its adapter in PEFT's format, or (full
+/// fine-tuning) a Hugging Face snapshot in `model/`. The head is saved by [`save_head`].
+pub fn save_encoder(
+    model: &mut BertClassifier,
+    tokenizer: &TextTokenizer,
+    source: &ModelSource,
+    session: &Session<'_>,
+) -> Result<()> {
+    match session.config.method {
+        Method::Full => {
+            let ModelSource::HfDir(dir) = source else {
+                return Err(TrainError::Usage(
+                    "GGUF models cannot be fine-tuned on encoder tasks".into(),
+                ));
+            };
+            let snapshot = LoadedModel::Encoder {
+                config: gralora_models::BertConfig::from_file(dir.join("config.json"))?,
+                model: model.bert.clone(),
+                tokenizer: tokenizer.clone(),
+            };
+            snapshot.write_snapshot(source, &session.out.join("model"))?;
+        }
+        _ => gralora::save_peft(&mut model.bert, session.out, Some(&session.config.model))?,
+    }
+    Ok(())
 }
 
 /// Save the classification head as `classifier.safetensors` (PyTorch layout).
@@ -287,9 +407,11 @@ pub fn load_head(bert: Bert, path: &Path, pooling: Pooling) -> Result<BertClassi
     Ok(model)
 }
 
-/// Fine-tuning an encoder with a new classification head on a built-in task.
+/// Fine-tuning an encoder with a new classification head, on a built-in task or the user's file.
 pub struct ClassifierWorkload {
-    task: Task,
+    names: (String, String, String),
+    num_classes: usize,
+    labels: Option<Vec<String>>,
     bert: Option<Bert>,
     tokenizer: TextTokenizer,
     source: ModelSource,
@@ -307,7 +429,7 @@ impl ClassifierWorkload {
         config: &TrainConfig,
         task: Task,
         bert: Bert,
-        mut tokenizer: TextTokenizer,
+        tokenizer: TextTokenizer,
         source: ModelSource,
         home: &Path,
         report: Report<'_>,
@@ -316,19 +438,93 @@ impl ClassifierWorkload {
         if let Some(fold) = config.fold {
             data = data.fold(config.seed, config.folds, fold);
         }
-        data.train = seeded_subset(data.train, config.max_train, config.seed, true);
-        data.eval = seeded_subset(data.eval, config.max_eval, config.seed, false);
-        let train = tokenize(&mut tokenizer, &data.train, config.max_len)?;
-        let eval = tokenize(&mut tokenizer, &data.eval, config.max_len)?;
         let (train_name, eval_name) = task.split_names();
+        let names = (task.name().into(), train_name.into(), eval_name.into());
+        Self::build(
+            config,
+            (data.train, data.eval),
+            names,
+            task.num_classes(),
+            None,
+            bert,
+            tokenizer,
+            source,
+            report,
+        )
+    }
+
+    /// Read and tokenise the user's labelled files of `config.data`.
+    pub fn from_files(
+        config: &TrainConfig,
+        data: &DataSettings,
+        bert: Bert,
+        tokenizer: TextTokenizer,
+        source: ModelSource,
+        report: Report<'_>,
+    ) -> Result<Self> {
+        let d = read_labelled(
+            &data.train,
+            data.eval.as_deref(),
+            data.eval_split,
+            config.seed,
+            &data.columns(),
+        )?;
+        let name = data.task_name();
+        let eval_name = data.eval_name();
         report(&format!(
-            "{}: {} train examples ({train_name}), {} eval examples ({eval_name})",
-            task.name(),
-            train.len(),
-            eval.len()
+            "{name}: {} classes ({})",
+            d.labels.len(),
+            d.labels.join(", ")
         ));
+        Self::build(
+            config,
+            (d.train, d.eval),
+            (name.clone(), name, eval_name),
+            d.labels.len(),
+            Some(d.labels),
+            bert,
+            tokenizer,
+            source,
+            report,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        config: &TrainConfig,
+        (train, eval): (Vec<Example>, Vec<Example>),
+        names: (String, String, String),
+        num_classes: usize,
+        labels: Option<Vec<String>>,
+        bert: Bert,
+        mut tokenizer: TextTokenizer,
+        source: ModelSource,
+        report: Report<'_>,
+    ) -> Result<Self> {
+        let train = seeded_subset(train, config.max_train, config.seed, true);
+        let eval = seeded_subset(eval, config.max_eval, config.seed, false);
+        let (train, t_train) = tokenize_counted(&mut tokenizer, &train, config.max_len)?;
+        let (eval, t_eval) = tokenize_counted(&mut tokenizer, &eval, config.max_len)?;
+        report(&format!(
+            "{}: {} train examples ({}), {} eval examples ({})",
+            names.0,
+            train.len(),
+            names.1,
+            eval.len(),
+            names.2
+        ));
+        for (split, t) in [("train", t_train), ("eval", t_eval)] {
+            if t.0 > 0 {
+                report(&format!(
+                    "{split}: {} examples truncated to --max-len {} ({} tokens lost)",
+                    t.0, config.max_len, t.1
+                ));
+            }
+        }
         Ok(Self {
-            task,
+            names,
+            num_classes,
+            labels,
             bert: Some(bert),
             pad: pad_id(&tokenizer),
             tokenizer,
@@ -352,11 +548,10 @@ impl Workload for ClassifierWorkload {
     }
 
     fn names(&self) -> RunNames {
-        let (train, eval) = self.task.split_names();
         RunNames {
-            task: self.task.name().into(),
-            train_split: train.into(),
-            eval_split: eval.into(),
+            task: self.names.0.clone(),
+            train_split: self.names.1.clone(),
+            eval_split: self.names.2.clone(),
         }
     }
 
@@ -371,7 +566,7 @@ impl Workload for ClassifierWorkload {
             .ok_or_else(|| TrainError::Training("the encoder was already built".into()))?;
         Ok(BertClassifier::new(
             trainable(bert, method),
-            self.task.num_classes(),
+            self.num_classes,
             self.pooling,
             self.head_dropout,
         ))
@@ -422,21 +617,15 @@ impl Workload for ClassifierWorkload {
     }
 
     fn save(&mut self, mut model: BertClassifier, session: &Session<'_>) -> Result<()> {
-        match session.config.method {
-            Method::Full => {
-                let ModelSource::HfDir(dir) = &self.source else {
-                    return Err(TrainError::Usage(
-                        "GGUF models cannot be fine-tuned on encoder tasks".into(),
-                    ));
-                };
-                let snapshot = LoadedModel::Encoder {
-                    config: gralora_models::BertConfig::from_file(dir.join("config.json"))?,
-                    model: model.bert.clone(),
-                    tokenizer: self.tokenizer.clone(),
-                };
-                snapshot.write_snapshot(&self.source, &session.out.join("model"))?;
-            }
-            _ => gralora::save_peft(&mut model.bert, session.out, Some(&session.config.model))?,
+        save_encoder(&mut model, &self.tokenizer, &self.source, session)?;
+        if let Some(labels) = &self.labels {
+            write_json(
+                &session.dir.labels(),
+                &Labels {
+                    labels: labels.clone(),
+                    regression: false,
+                },
+            )?;
         }
         save_head(&model, &session.dir.head())
     }

@@ -125,13 +125,62 @@ pub fn load(tasks: &[McTask], home: &Path) -> Result<(Vec<McExample>, Vec<McExam
     Ok((train, val))
 }
 
-/// A tokenised training sequence: prompt + gold answer; loss on the answer only.
-#[derive(Debug, Clone)]
+/// A tokenised training sequence and the tokens that carry the loss (a prompt's answer, a
+/// completion, the assistant's turns, or everything after the first token).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LmItem {
     /// Token ids.
     pub ids: Vec<u32>,
-    /// Index of the first answer token.
-    pub answer_start: usize,
+    /// Ranges of token indices predicted with loss (sorted, disjoint; index 0 is never
+    /// predicted).
+    pub targets: Vec<std::ops::Range<usize>>,
+    /// A packed sequence: where its second and later examples start (empty: one example).
+    /// Each example attends only to itself, with positions from 0.
+    pub starts: Vec<usize>,
+}
+
+impl LmItem {
+    /// A prompt + answer: loss on the tokens from `answer_start` on.
+    pub fn answer(ids: Vec<u32>, answer_start: usize) -> Self {
+        let n = ids.len();
+        Self {
+            ids,
+            targets: std::iter::once(answer_start..n).collect(),
+            starts: Vec::new(),
+        }
+    }
+
+    /// Loss where `mask` is true.
+    pub fn masked(ids: Vec<u32>, mask: &[bool]) -> Self {
+        let mut targets: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, &m) in mask.iter().enumerate() {
+            if !m {
+                continue;
+            }
+            match targets.last_mut() {
+                Some(r) if r.end == i => r.end = i + 1,
+                _ => targets.push(i..i + 1),
+            }
+        }
+        Self {
+            ids,
+            targets,
+            starts: Vec::new(),
+        }
+    }
+
+    /// Tokens predicted with loss.
+    pub fn target_count(&self) -> usize {
+        let n = self.ids.len();
+        self.targets
+            .iter()
+            .map(|r| (r.start.max(1)..r.end.min(n)).len())
+            .sum()
+    }
+
+    fn is_target(&self, i: usize) -> bool {
+        i >= 1 && self.targets.iter().any(|r| r.contains(&i))
+    }
 }
 
 fn encode_choice(
@@ -164,7 +213,7 @@ pub fn training_items(
         .map(|e| {
             let (ids, answer_start) =
                 encode_choice(tok, &e.contexts[e.gold], &e.continuations[e.gold], max_len)?;
-            Ok(LmItem { ids, answer_start })
+            Ok(LmItem::answer(ids, answer_start))
         })
         .collect()
 }
@@ -182,6 +231,8 @@ pub struct LmBatch {
     pub targets: Tensor<1, Int>,
     /// The row of each of the `n` positions.
     pub rows: Vec<usize>,
+    /// Packed rows: where each row's later examples start (`None`: no row is packed).
+    pub starts: Option<Vec<Vec<usize>>>,
 }
 
 impl LmBatch {
@@ -210,7 +261,7 @@ impl LmBatch {
             for j in 0..item.ids.len() - 1 {
                 ids[r * t + j] = item.ids[j] as i64;
                 mask[r * t + j] = 1.0;
-                if j + 1 >= item.answer_start {
+                if item.is_target(j + 1) {
                     pos.push((r * t + j) as i64);
                     tg.push(item.ids[j + 1] as i64);
                     rows.push(r);
@@ -225,13 +276,20 @@ impl LmBatch {
             positions: Tensor::from_data(TensorData::new(pos, [n]), device),
             targets: Tensor::from_data(TensorData::new(tg, [n]), device),
             rows,
+            starts: items
+                .iter()
+                .any(|i| !i.starts.is_empty())
+                .then(|| items.iter().map(|i| i.starts.clone()).collect()),
         }
     }
 }
 
 /// `[n]` log-probabilities of the batch's answer tokens.
 pub fn answer_log_probs(model: &Llama, batch: LmBatch) -> Tensor<1> {
-    let hidden = model.forward_hidden(batch.ids, Some(batch.mask), None);
+    let hidden = match &batch.starts {
+        Some(starts) => model.forward_hidden_packed(batch.ids, starts),
+        None => model.forward_hidden(batch.ids, Some(batch.mask), None),
+    };
     let [b, t, d] = hidden.dims();
     let picked: Tensor<2> = hidden.reshape([b * t, d]).select(0, batch.positions);
     let logp = log_softmax(model.logits(picked), 1);
@@ -363,7 +421,7 @@ pub fn evaluate_mc(
             .collect::<Result<_>>()?;
         let items: Vec<LmItem> = choices
             .into_iter()
-            .map(|(ids, answer_start)| LmItem { ids, answer_start })
+            .map(|(ids, answer_start)| LmItem::answer(ids, answer_start))
             .collect();
         let refs: Vec<&LmItem> = items.iter().collect();
         let batch = LmBatch::new(&refs, device);
@@ -392,6 +450,9 @@ pub fn evaluate_mc(
         accuracy: correct as f64 / n,
         f1: None,
         loss: nll / n,
+        perplexity: None,
+        pearson: None,
+        spearman: None,
     })
 }
 
@@ -543,24 +604,35 @@ impl Workload for MultipleChoiceWorkload {
         )
     }
 
-    fn save(&mut self, mut model: Llama, session: &Session<'_>) -> Result<()> {
-        match session.config.method {
-            Method::Full => {
-                let config = match &self.source {
-                    ModelSource::Gguf(p) => LlamaConfig::from_gguf(&GgufFile::open(p)?)?,
-                    ModelSource::HfDir(d) => LlamaConfig::from_file(d.join("config.json"))?,
-                };
-                let snapshot = LoadedModel::Decoder {
-                    config,
-                    model,
-                    tokenizer: self.tokenizer.clone(),
-                };
-                snapshot.write_snapshot(&self.source, &session.out.join("model"))?;
-            }
-            _ => gralora::save_peft(&mut model, session.out, Some(&session.config.model))?,
-        }
-        Ok(())
+    fn save(&mut self, model: Llama, session: &Session<'_>) -> Result<()> {
+        save_decoder(model, &self.tokenizer, &self.source, session)
     }
+}
+
+/// Write a trained decoder into the run directory: its adapter in PEFT's format, or (full
+/// fine-tuning) a Hugging Face snapshot in `model/`.
+pub fn save_decoder(
+    mut model: Llama,
+    tokenizer: &TextTokenizer,
+    source: &ModelSource,
+    session: &Session<'_>,
+) -> Result<()> {
+    match session.config.method {
+        Method::Full => {
+            let config = match source {
+                ModelSource::Gguf(p) => LlamaConfig::from_gguf(&GgufFile::open(p)?)?,
+                ModelSource::HfDir(d) => LlamaConfig::from_file(d.join("config.json"))?,
+            };
+            let snapshot = LoadedModel::Decoder {
+                config,
+                model,
+                tokenizer: tokenizer.clone(),
+            };
+            snapshot.write_snapshot(source, &session.out.join("model"))?;
+        }
+        _ => gralora::save_peft(&mut model, session.out, Some(&session.config.model))?,
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -575,14 +647,8 @@ mod tests {
     fn decoder_batches_pad_to_a_multiple_below_the_context_and_mask_the_padding() {
         let device = Device::flex();
         let items = [
-            LmItem {
-                ids: vec![5, 6, 7, 8],
-                answer_start: 2,
-            },
-            LmItem {
-                ids: vec![1, 2, 3, 4, 5, 6, 7],
-                answer_start: 5,
-            },
+            LmItem::answer(vec![5, 6, 7, 8], 2),
+            LmItem::answer(vec![1, 2, 3, 4, 5, 6, 7], 5),
         ];
         let refs: Vec<&LmItem> = items.iter().collect();
         assert_eq!(LmBatching::for_device(2048, &device).multiple, 1, "CPU");
@@ -605,5 +671,20 @@ mod tests {
         assert_eq!(b.ids.dims(), [2, 6]);
         assert_eq!(ints(b.positions), [1, 2, 6 + 4, 6 + 5]);
         assert_eq!(LmBatch::new(&refs, &device).ids.dims(), [2, 6]);
+    }
+
+    #[test]
+    fn masked_items_predict_only_their_target_tokens() {
+        let device = Device::flex();
+        // Two assistant turns: tokens 2..4 and 6; token 0 is never predicted.
+        let item = LmItem::masked(
+            vec![10, 11, 12, 13, 14, 15, 16],
+            &[true, false, true, true, false, false, true],
+        );
+        assert_eq!(item.targets, [0..1, 2..4, 6..7]);
+        assert_eq!(item.target_count(), 3);
+        let b = LmBatch::new(&[&item], &device);
+        assert_eq!(ints(b.positions), [1, 2, 5]);
+        assert_eq!(ints(b.targets), [12, 13, 16]);
     }
 }

@@ -9,9 +9,12 @@ use burn::tensor::Device;
 use gralora_models::{BertClassifier, LoadedModel, ModelSource, Pooling};
 
 use super::builtin::{TASKS, Task};
-use super::classification::{ClassifierWorkload, evaluate, load_head, pad_id, tokenize};
+use super::classification::{ClassifierWorkload, Labels, evaluate, load_head, pad_id, tokenize};
 use super::multiple_choice::{self, MC_TASKS, MultipleChoiceWorkload, evaluate_mc, mc_tasks};
+use super::regression::{RegressionWorkload, evaluate_scores, tokenize_scored};
+use super::sft::{SftEncoder, SftWorkload, evaluate_lm, run_template};
 use crate::data::seeded_subset;
+use crate::data::{has_scores, read_scored, read_sft_file, read_with_labels};
 use crate::error::{Result, TrainError};
 use crate::trainer::{
     EvalMetrics, Report, RunDir, RunMetrics, Session, TrainConfig, peak_rss_mib, write_json,
@@ -27,6 +30,9 @@ pub struct Finished {
 
 /// Check `config` before anything is loaded or written: its settings and its task's name.
 pub fn validate(config: &TrainConfig) -> Result<()> {
+    if config.data.is_some() {
+        return config.validate();
+    }
     let name = config.task.to_ascii_lowercase();
     if name == "gsm8k" {
         return Err(TrainError::Usage(
@@ -58,12 +64,15 @@ pub fn train(
     let dir = RunDir(out.to_path_buf());
     validate(config)?;
     if config.fold.is_none()
+        && config.data.is_none()
         && let Ok(task) = config.task.parse::<Task>()
         && task.cross_validated()
     {
         return train_folds(task, config, out, resume, device, home, report);
     }
     dir.check_for(config, resume)?;
+    // A resumed directory exists: lock it before anything is loaded.
+    let _lock = if resume { Some(dir.lock()?) } else { None };
     let source = ModelSource::resolve(&config.model, home)?;
     let loaded = LoadedModel::load(&source, device)?;
     let session = Session {
@@ -74,11 +83,46 @@ pub fn train(
         started,
         device,
         home,
+        locked: resume,
     };
     match loaded.model {
         LoadedModel::Encoder {
             model, tokenizer, ..
         } => {
+            if let Some(data) = &config.data {
+                if data.regression || has_scores(&data.train, &data.columns())? {
+                    let scored = read_scored(
+                        &data.train,
+                        data.eval.as_deref(),
+                        data.eval_split,
+                        config.seed,
+                        &data.columns(),
+                    )?;
+                    let name = data.task_name();
+                    let eval_name = data.eval_name();
+                    let workload = RegressionWorkload::new(
+                        config,
+                        scored,
+                        (name.clone(), name, eval_name),
+                        model,
+                        tokenizer,
+                        source,
+                        report,
+                    )?;
+                    let (metrics, model) = session.run(workload, report)?;
+                    return Ok(Finished {
+                        metrics,
+                        model: Some(model),
+                    });
+                }
+                let workload =
+                    ClassifierWorkload::from_files(config, data, model, tokenizer, source, report)?;
+                let (metrics, model) = session.run(workload, report)?;
+                return Ok(Finished {
+                    metrics,
+                    model: Some(model),
+                });
+            }
             let task = config.task.parse::<Task>().map_err(|_| {
                 TrainError::Usage(format!(
                     "{} is an encoder; the task `{}` is for decoders (e.g. --model smollm2); encoder tasks: {}",
@@ -98,6 +142,14 @@ pub fn train(
         LoadedModel::Decoder {
             model, tokenizer, ..
         } => {
+            if let Some(data) = &config.data {
+                let workload = SftWorkload::new(config, data, model, tokenizer, source, report)?;
+                let (metrics, _) = session.run(workload, report)?;
+                return Ok(Finished {
+                    metrics,
+                    model: None,
+                });
+            }
             let tasks = mc_tasks(&config.task).map_err(|_| {
                 TrainError::Usage(format!(
                     "{} is a decoder; the task `{}` is for encoders (e.g. --model minilm); decoder tasks: {}",
@@ -177,6 +229,72 @@ pub fn eval(
     evaluate(&model, &items, pad_id(&tokenizer), batch_size)
 }
 
+/// Evaluate a model (with a `gralora train` output directory trained on the user's files) on
+/// the data file `file`: a classifier's accuracy (the run's `labels.json` and columns), or a
+/// decoder's held-out loss and perplexity (the run's template and masking).
+pub fn eval_file(
+    model_arg: &str,
+    run: &Path,
+    file: &Path,
+    max_eval: Option<usize>,
+    batch_size: usize,
+    device: &Device,
+    home: &Path,
+) -> Result<EvalMetrics> {
+    let dir = RunDir(run.to_path_buf());
+    let saved = dir.read_config()?;
+    let Some(data) = saved.data.clone() else {
+        return Err(TrainError::Usage(format!(
+            "{} was trained on the built-in task `{}`; evaluate it with --task {}",
+            run.display(),
+            saved.task,
+            saved.task
+        )));
+    };
+    crate::data::table::Format::of(file)?;
+    let source = ModelSource::resolve(model_arg, home)?;
+    let mut loaded = LoadedModel::load(&source, device)?;
+    if gralora::is_peft_dir(run) {
+        loaded.model.load_adapter(run)?;
+    }
+    match loaded.model {
+        LoadedModel::Encoder {
+            model,
+            mut tokenizer,
+            ..
+        } => {
+            let labels = Labels::read(&dir.labels())?;
+            let model = load_head(model, &dir.head(), saved.pooling()?)?;
+            if labels.regression {
+                let d = read_scored(file, Some(file), 0.0, 0, &data.columns())?;
+                let eval = seeded_subset(d.eval, max_eval, 0, false);
+                let items = tokenize_scored(&mut tokenizer, &eval, saved.max_len)?;
+                return evaluate_scores(&model, &items, pad_id(&tokenizer), batch_size);
+            }
+            // The file is read as an evaluation file of a training set with these labels.
+            let d = read_with_labels(file, &data.columns(), &labels.labels)?;
+            let eval = seeded_subset(d, max_eval, 0, false);
+            let items = tokenize(&mut tokenizer, &eval, saved.max_len)?;
+            evaluate(&model, &items, pad_id(&tokenizer), batch_size)
+        }
+        LoadedModel::Decoder {
+            model, tokenizer, ..
+        } => {
+            let template = run_template(Some(run), &tokenizer)?;
+            let examples = read_sft_file(file, &data.sft_columns())?;
+            let examples = seeded_subset(examples, max_eval, 0, false);
+            let encoder = SftEncoder {
+                tokenizer: &tokenizer,
+                template: template.as_ref(),
+                train_on_prompt: data.train_on_prompt,
+                max_len: saved.max_len.min(model.max_len),
+            };
+            let (items, _) = encoder.encode_all(&examples)?;
+            evaluate_lm(&model, &items, batch_size, device)
+        }
+    }
+}
+
 /// k-fold cross-validation on a task's dev set: fold `i` trains on the others into `out/fold-i`;
 /// `out/metrics.json` holds the means and every fold. Finished folds are kept on `--resume`.
 fn train_folds(
@@ -192,6 +310,7 @@ fn train_folds(
     let dir = RunDir(out.to_path_buf());
     dir.check_for(config, resume)?;
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let _lock = dir.lock()?;
     if !resume {
         write_json(&dir.config(), config)?;
     }
@@ -248,6 +367,9 @@ fn train_folds(
                 .sum::<Option<f64>>()
                 .map(|s| s / k),
             loss: mean(&|m| m.eval.loss),
+            perplexity: None,
+            pearson: None,
+            spearman: None,
         },
         epochs: first.epochs,
         trainable_params: first.trainable_params,
@@ -259,6 +381,7 @@ fn train_folds(
         folds: Some(runs.iter().map(|m| m.eval).collect()),
         accuracy_std: Some(std),
         baseline_accuracy: None,
+        baseline_loss: None,
         resumed_from_epoch: None,
         resumed_from_batch: None,
         seed: config.seed,

@@ -157,6 +157,130 @@ pub struct TrainConfig {
     /// Write a mid-epoch checkpoint every this many optimiser steps (0: only at epoch ends).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// The user's own data files (`--data`); `None`: the built-in `task`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataSettings>,
+}
+
+/// A run on the user's own files (`--data`): where they are and how to read them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSettings {
+    /// The training file (absolute, so `--resume` finds it from anywhere).
+    pub train: std::path::PathBuf,
+    /// The evaluation file; `None`: a seeded `eval_split` of the training file is held out.
+    pub eval: Option<std::path::PathBuf>,
+    /// Fraction of the training file held out when there is no evaluation file.
+    pub eval_split: f64,
+    /// Classification: the text column (default `text`).
+    pub text_column: Option<String>,
+    /// Classification: the second text of a pair (default `text_pair` when present).
+    pub pair_column: Option<String>,
+    /// Classification: the label column (default `label`).
+    pub label_column: Option<String>,
+    /// Classification: the labels are scores, trained as a regression (automatic when a
+    /// label is not an integer).
+    #[serde(default)]
+    pub regression: bool,
+    /// SFT: the prompt's field, when not `prompt` (dotted names reach into nested objects).
+    #[serde(default)]
+    pub prompt_column: Option<String>,
+    /// SFT: the completion's field, when not `completion`.
+    #[serde(default)]
+    pub completion_column: Option<String>,
+    /// SFT: a Jinja chat template (or `tokenizer_config.json`) replacing the model's own.
+    pub chat_template: Option<std::path::PathBuf>,
+    /// SFT: the loss covers every token, prompts included (default: completions and the
+    /// assistant's turns only).
+    pub train_on_prompt: bool,
+    /// SFT: pack several training examples into each sequence of up to `max_len` tokens
+    /// (each attends only to itself; see `tasks::sft::pack`).
+    #[serde(default)]
+    pub packing: bool,
+    /// SFT: generations printed from this many held-out prompts at the end.
+    pub sample_prompts: usize,
+}
+
+impl DataSettings {
+    /// Files `train` (and `eval`), everything else default.
+    pub fn new(train: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            train: train.into(),
+            eval: None,
+            eval_split: 0.1,
+            text_column: None,
+            pair_column: None,
+            label_column: None,
+            regression: false,
+            prompt_column: None,
+            completion_column: None,
+            chat_template: None,
+            train_on_prompt: false,
+            packing: false,
+            sample_prompts: 0,
+        }
+    }
+
+    /// The classification columns.
+    pub fn columns(&self) -> crate::data::Columns {
+        let d = crate::data::Columns::default();
+        crate::data::Columns {
+            text: self.text_column.clone().unwrap_or(d.text),
+            pair: self.pair_column.clone(),
+            label: self.label_column.clone().unwrap_or(d.label),
+        }
+    }
+
+    /// The SFT columns.
+    pub fn sft_columns(&self) -> crate::data::SftColumns {
+        crate::data::SftColumns {
+            prompt: self.prompt_column.clone(),
+            completion: self.completion_column.clone(),
+        }
+    }
+
+    /// The evaluation split's name in `metrics.json`: the file, or the held-out share.
+    pub fn eval_name(&self) -> String {
+        match &self.eval {
+            Some(p) => p.display().to_string(),
+            None => format!("held-out {:.0}%", self.eval_split * 100.0),
+        }
+    }
+
+    /// The task name a run on these files reports: the training file's name.
+    pub fn task_name(&self) -> String {
+        self.train
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "data".into())
+    }
+
+    /// Check the settings and that the files exist in a known format.
+    pub fn validate(&self) -> Result<()> {
+        for path in std::iter::once(&self.train).chain(&self.eval) {
+            crate::data::table::Format::of(path)?;
+            if !path.is_file() {
+                return Err(TrainError::Data {
+                    path: path.clone(),
+                    msg: "file not found".into(),
+                });
+            }
+        }
+        if self.eval.is_none() && !(self.eval_split > 0.0 && self.eval_split < 1.0) {
+            return Err(TrainError::setting(
+                "eval_split",
+                format!("{} must be in (0, 1)", self.eval_split),
+            ));
+        }
+        if let Some(t) = &self.chat_template
+            && !t.is_file()
+        {
+            return Err(TrainError::Data {
+                path: t.clone(),
+                msg: "chat template file not found".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Settings whose defaults depend on the method ([`TrainConfig::set_method`]); `None`: the default.
@@ -238,6 +362,7 @@ impl TrainConfig {
             fold: None,
             gora: GoraSettings::default(),
             checkpoint_every: default_checkpoint_every(),
+            data: None,
         }
     }
 
@@ -318,6 +443,9 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.pooling()?;
         self.adapter()?;
+        if let Some(d) = &self.data {
+            d.validate()?;
+        }
         let bad = |setting, msg: String| Err(TrainError::setting(setting, msg));
         if self.epochs == 0 {
             return bad("epochs", "must be at least 1".into());

@@ -17,14 +17,17 @@ mod session;
 
 pub use checkpoint::{ResumePoint, StepStrategy, complete_checkpoints};
 pub use config::{
-    DECODER_TARGETS, ENCODER_TARGETS, GoraSettings, Method, MethodOptions, TrainConfig,
+    DECODER_TARGETS, DataSettings, ENCODER_TARGETS, GoraSettings, Method, MethodOptions,
+    TrainConfig,
 };
 pub use fit::{Fit, Fitted, fit, schedule};
 pub use guard::{GPU_LOSS_CHECK_EVERY, LossGuard, guarded_step};
 pub use loader::{Batching, GPU_LEN_MULTIPLE, SeededLoader, len_multiple, seed_device};
 pub use metric::TokensPerSecond;
 pub use renderer::{LineRenderer, Report};
-pub use run_dir::{EvalMetrics, RunDir, RunMetrics, check_out_dir, peak_rss_mib, write_json};
+pub use run_dir::{
+    EvalMetrics, RunDir, RunLock, RunMetrics, check_out_dir, peak_rss_mib, write_json,
+};
 pub use session::{
     BatchOf, ItemOf, RunNames, Session, Workload, b_param_ids, trainable, trainable_params,
 };

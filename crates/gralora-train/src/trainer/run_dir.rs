@@ -5,8 +5,10 @@
 //!   GraLoRA), or `model/` — a Hugging Face snapshot (full fine-tuning);
 //! - `classifier.safetensors` — an encoder's classification head (`classifier.weight`
 //!   `[classes, hidden]`, `classifier.bias`), which PEFT would keep in `modules_to_save`;
+//! - `labels.json` — the class names of a classifier trained on the user's own data;
 //! - `train_config.json` — every setting (written first; `--resume` reads it back);
 //! - `metrics.json` — written last: a directory without it is not a finished run;
+//! - `.lock` — locked by the process training the directory;
 //! - `run/` — burn-train's logs, end-of-epoch checkpoints (`checkpoint/`) and mid-epoch ones (`steps/`).
 
 use std::path::{Path, PathBuf};
@@ -26,8 +28,18 @@ pub struct EvalMetrics {
     pub accuracy: f64,
     /// F1 of class 1 (binary tasks only).
     pub f1: Option<f64>,
-    /// Mean cross-entropy.
+    /// Mean cross-entropy (SFT: per target token).
     pub loss: f64,
+    /// SFT: the perplexity, exp(loss).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    /// Regression: Pearson's correlation of predictions and targets (`loss` is the MSE and
+    /// `accuracy` 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pearson: Option<f64>,
+    /// Regression: Spearman's rank correlation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spearman: Option<f64>,
 }
 
 /// What `metrics.json` holds.
@@ -74,6 +86,9 @@ pub struct RunMetrics {
     /// Accuracy of the untrained model on the same evaluation examples (decoder tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_accuracy: Option<f64>,
+    /// Loss of the untrained model on the same evaluation examples (decoder tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_loss: Option<f64>,
     /// The epochs a resumed run had completed when it was resumed.
     pub resumed_from_epoch: Option<usize>,
     /// The training batches a resumed run had done when it was resumed (mid-epoch or at an
@@ -117,6 +132,10 @@ impl RunDir {
     /// burn-train's directory.
     pub fn run(&self) -> PathBuf {
         self.0.join("run")
+    }
+    /// The class names of a run on the user's own data (`{"labels": [...]}`).
+    pub fn labels(&self) -> PathBuf {
+        self.0.join("labels.json")
     }
     /// The classification head.
     pub fn head(&self) -> PathBuf {
@@ -164,6 +183,31 @@ impl RunDir {
         Ok(())
     }
 
+    /// `.lock`: held by the process training this directory.
+    pub fn lock_file(&self) -> PathBuf {
+        self.0.join(".lock")
+    }
+
+    /// Take the directory's lock (an OS file lock on `.lock`, released when the process ends,
+    /// however it ends); another process holding it is a usage error.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.lock_file();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Usage(format!(
+                "{} is being trained by another gralora process; wait for it to end (or stop it and --resume), or pick another --out",
+                self.0.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path, e)),
+        }
+    }
+
     /// Read a saved configuration.
     pub fn read_config(&self) -> Result<TrainConfig> {
         let path = self.config();
@@ -174,6 +218,10 @@ impl RunDir {
         })
     }
 }
+
+/// A held run-directory lock (released on drop).
+#[derive(Debug)]
+pub struct RunLock(#[allow(dead_code)] std::fs::File);
 
 /// Refuse a non-empty `out` unless resuming.
 pub fn check_out_dir(out: &Path, dir: &RunDir) -> Result<()> {

@@ -101,6 +101,8 @@ pub struct Session<'a> {
     pub device: &'a Device,
     /// The asset cache.
     pub home: &'a Path,
+    /// The caller holds the directory's lock ([`RunDir::lock`]) already.
+    pub locked: bool,
 }
 
 /// The model in training mode: every weight trainable for full fine-tuning, all frozen
@@ -227,6 +229,13 @@ impl Session<'_> {
         // The settings hold (targets matched, ranks allocated): only now does the run directory
         // exist, so a refused run leaves nothing behind.
         std::fs::create_dir_all(self.out).map_err(|e| TrainError::io(self.out, e))?;
+        // One process trains a directory at a time (the lock goes with the process, even on
+        // SIGKILL). A resumed run took it before loading anything.
+        let _lock = if self.locked {
+            None
+        } else {
+            Some(self.dir.lock()?)
+        };
         if !self.resume {
             write_json(&self.dir.config(), config)?;
         }
@@ -296,6 +305,7 @@ impl Session<'_> {
             folds: None,
             accuracy_std: None,
             baseline_accuracy: baseline.map(|m| m.accuracy),
+            baseline_loss: baseline.map(|m| m.loss),
             resumed_from_epoch: resumed_from.map(ResumePoint::epochs_done),
             resumed_from_batch: resumed_from.map(|p| p.batches_done(batches_per_epoch)),
             seed: config.seed,

@@ -253,9 +253,11 @@ pub struct TrainArgs {
     #[arg(long, required_unless_present = "resume")]
     pub model: Option<String>,
     /// Task: sst2, snli, boolq (encoders); boolq, piqa, siqa, hellaswag, winogrande, arc-e, arc-c,
-    /// obqa or commonsense (all eight) for decoders.
-    #[arg(long, required_unless_present = "resume")]
+    /// obqa or commonsense (all eight) for decoders. Or train on your own file with --data.
+    #[arg(long, required_unless_present_any = ["resume", "data"], conflicts_with = "data")]
     pub task: Option<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// lora, gralora, full, gora (GoRA, LoRA-shaped) or gora-gralora (GoRA on GraLoRA blocks).
     #[arg(long, value_enum, default_value_t = Method::Gralora)]
     pub method: Method,
@@ -275,6 +277,56 @@ pub struct TrainArgs {
     /// Print the metrics as one JSON line on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Your own data: a classification file for encoders, an SFT file for decoders.
+#[derive(Args)]
+pub struct DataArgs {
+    /// Train on this file: .jsonl/.json, .csv, .tsv (optionally .gz) or .parquet. Encoders:
+    /// columns text (+ text_pair) and label; decoders: text, prompt + completion, messages, or
+    /// instruction + input + output (alpaca).
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Evaluate on this file (default: a seeded --eval-split of --data is held out).
+    #[arg(long, value_name = "FILE", requires = "data")]
+    pub eval_data: Option<PathBuf>,
+    /// Fraction of --data held out for evaluation when there is no --eval-data.
+    #[arg(long, default_value_t = 0.1, conflicts_with = "eval_data")]
+    pub eval_split: f64,
+    /// Classification: the column holding the text.
+    #[arg(long, value_name = "NAME", requires = "data")]
+    pub text_column: Option<String>,
+    /// Classification: the column holding a pair's second text.
+    #[arg(long, value_name = "NAME", requires = "data")]
+    pub pair_column: Option<String>,
+    /// Classification: the column holding the label (a name or an integer).
+    #[arg(long, value_name = "NAME", requires = "data")]
+    pub label_column: Option<String>,
+    /// Classification: the labels are scores (a regression head, MSE; Pearson and Spearman
+    /// reported). Automatic when a label is not an integer.
+    #[arg(long, requires = "data")]
+    pub regression: bool,
+    /// SFT: the field holding the prompt, when it is not `prompt` (a dotted name such as
+    /// doc.question reaches into nested objects; so do the classification columns).
+    #[arg(long, value_name = "NAME", requires = "data")]
+    pub prompt_column: Option<String>,
+    /// SFT: the field holding the completion, when it is not `completion`.
+    #[arg(long, value_name = "NAME", requires = "data")]
+    pub completion_column: Option<String>,
+    /// SFT: a Jinja chat template (or a tokenizer_config.json) instead of the model's own.
+    #[arg(long, value_name = "FILE", requires = "data")]
+    pub chat_template: Option<PathBuf>,
+    /// SFT: put the loss on every token, prompts included (default: completions and the
+    /// assistant's turns only).
+    #[arg(long, requires = "data")]
+    pub train_on_prompt: bool,
+    /// SFT: pack several short training examples into each --max-len sequence (fewer,
+    /// fuller rows; each example still attends only to itself).
+    #[arg(long, requires = "data")]
+    pub packing: bool,
+    /// SFT: print greedy generations from this many held-out prompts at the end.
+    #[arg(long, default_value_t = 0, value_name = "N", requires = "data")]
+    pub sample_prompts: usize,
 }
 
 /// Training settings shared by `train` and `experiment rank-sweep`.
@@ -355,8 +407,11 @@ pub struct EvalArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Task: sst2, snli, boolq, mrpc, rte (encoders); a commonsense task or gsm8k (decoders).
-    #[arg(long)]
-    pub task: String,
+    #[arg(long, required_unless_present = "data", conflicts_with = "data")]
+    pub task: Option<String>,
+    /// Evaluate a run trained with --data on this file (needs --adapter RUN).
+    #[arg(long, value_name = "FILE", requires = "adapter")]
+    pub data: Option<PathBuf>,
     /// Truncate inputs to this many tokens (default: as trained).
     #[arg(long)]
     pub max_len: Option<usize>,
@@ -441,12 +496,19 @@ pub struct InferArgs {
     /// PEFT adapter directory to apply (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Text to embed (encoders).
-    #[arg(long, conflicts_with = "prompt")]
+    /// Text to embed (encoders), or to classify with --adapter RUN of a classifier.
+    #[arg(long, conflicts_with_all = ["prompt", "chat"])]
     pub text: Option<String>,
+    /// The second text of a pair to classify (with --text).
+    #[arg(long, requires = "text")]
+    pub text_pair: Option<String>,
     /// Prompt to continue (decoders).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "chat")]
     pub prompt: Option<String>,
+    /// A user message, answered through the model's chat template (decoders; a run's saved
+    /// template with --adapter RUN).
+    #[arg(long)]
+    pub chat: Option<String>,
     /// Most tokens to generate (decoders).
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,

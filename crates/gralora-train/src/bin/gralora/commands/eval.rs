@@ -11,30 +11,61 @@ use crate::commands::fetch::{fetch_list, fetch_missing};
 use crate::setup::select_device;
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    if args.task.eq_ignore_ascii_case("gsm8k") {
+    let task = match (&args.task, &args.data) {
+        (Some(t), _) => t.clone(),
+        (None, Some(file)) => file.display().to_string(),
+        (None, None) => unreachable!("clap requires --task or --data"),
+    };
+    if task.eq_ignore_ascii_case("gsm8k") {
         return eval_gsm8k(args);
     }
-    fetch_missing(&args.model, Some(&args.task))?;
+    fetch_missing(&args.model, args.task.as_deref())?;
     let device = select_device(args.device)?;
     let start = Instant::now();
-    let m = gralora_train::tasks::eval(
-        &args.model,
-        args.adapter.as_deref(),
-        &args.task,
-        args.max_len,
-        args.max_eval,
-        64,
-        &device,
-        &assets::home(),
-    )?;
+    let m = match (&args.data, &args.adapter) {
+        (Some(file), Some(run)) => gralora_train::tasks::eval_file(
+            &args.model,
+            run,
+            file,
+            args.max_eval,
+            32,
+            &device,
+            &assets::home(),
+        )?,
+        _ => gralora_train::tasks::eval(
+            &args.model,
+            args.adapter.as_deref(),
+            &task,
+            args.max_len,
+            args.max_eval,
+            64,
+            &device,
+            &assets::home(),
+        )?,
+    };
     if args.json {
         let mut v = serde_json::to_value(m)?;
-        v["task"] = json!(args.task);
+        v["task"] = json!(task);
         println!("{v}");
+    } else if let (Some(r), Some(rho)) = (m.pearson, m.spearman) {
+        println!(
+            "{task} MSE {:.4}, Pearson {r:.4}, Spearman {rho:.4} ({} examples, {:.1} s)",
+            m.loss,
+            m.examples,
+            start.elapsed().as_secs_f64()
+        );
+    } else if let Some(ppl) = m.perplexity {
+        println!(
+            "{task} loss {:.4}, perplexity {ppl:.3}, token accuracy {:.4} ({} examples, {:.1} s)",
+            m.loss,
+            m.accuracy,
+            m.examples,
+            start.elapsed().as_secs_f64()
+        );
     } else {
         println!(
             "{} accuracy {:.4}{} loss {:.4} ({} examples, {:.1} s)",
-            args.task,
+            task,
             m.accuracy,
             m.f1.map(|f| format!(", F1 {f:.4}")).unwrap_or_default(),
             m.loss,

@@ -2,9 +2,11 @@
 
 use anyhow::Result;
 use gralora_models::assets;
-use gralora_train::trainer::{GoraSettings, Method, MethodOptions, RunDir, TrainConfig};
+use gralora_train::trainer::{
+    DataSettings, GoraSettings, Method, MethodOptions, RunDir, TrainConfig,
+};
 
-use crate::args::{AdapterArgs, HyperArgs, TrainArgs};
+use crate::args::{AdapterArgs, DataArgs, HyperArgs, TrainArgs};
 use crate::commands::fetch::fetch_missing;
 use crate::setup::{device_name, select_device};
 use crate::usage;
@@ -20,16 +22,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         dir.read_config()?
     } else {
-        build_config(
+        let mut config = build_config(
             args.model.as_deref().unwrap_or_default(),
             args.task.as_deref().unwrap_or_default(),
             args.method,
             &args.adapter,
             &args.hyper,
-        )?
+        )?;
+        config.data = data_settings(&args.data)?;
+        if let Some(d) = &config.data {
+            config.task = d.task_name();
+        }
+        config
     };
     gralora_train::tasks::validate(&config)?;
-    fetch_missing(&config.model, Some(&config.task))?;
+    let task = config.data.is_none().then_some(config.task.as_str());
+    fetch_missing(&config.model, task)?;
     let device = select_device(args.device)?;
     eprintln!(
         "training {} on {} with {} on {}",
@@ -47,14 +55,35 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &mut |line| eprintln!("{line}"),
     )?;
     let m = &done.metrics;
+    let samples = args.out.join("samples.json");
+    if !args.json
+        && let Ok(text) = std::fs::read_to_string(&samples)
+        && let Ok(samples) = serde_json::from_str::<Vec<gralora_train::tasks::Sample>>(&text)
+    {
+        for s in samples {
+            eprintln!("sample: {:?}\n  -> {:?}", s.prompt, s.completion);
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string(m)?);
+        return Ok(());
+    }
+    let e = &m.eval;
+    let score = if let (Some(r), Some(rho)) = (e.pearson, e.spearman) {
+        format!("MSE {:.4}, Pearson {r:.4}, Spearman {rho:.4}", e.loss)
+    } else if let Some(ppl) = e.perplexity {
+        format!(
+            "loss {:.4}, perplexity {ppl:.3}, token accuracy {:.4}{}",
+            e.loss,
+            e.accuracy,
+            m.baseline_loss
+                .map(|b| format!(" (untrained loss {b:.4}, perplexity {:.3})", b.exp()))
+                .unwrap_or_default()
+        )
     } else {
-        println!(
-            "{} {} accuracy {:.4}{}{}{} ({} examples) | {} epochs, {:.0} train tokens/s, {:.0} s, peak memory {:.0} MiB | {}",
-            m.task,
-            m.eval_split,
-            m.eval.accuracy,
+        format!(
+            "accuracy {:.4}{}{}{}",
+            e.accuracy,
             m.accuracy_std
                 .map(|s| format!(
                     " ± {s:.4} over {} folds",
@@ -64,19 +93,46 @@ pub fn run(args: TrainArgs) -> Result<()> {
             m.baseline_accuracy
                 .map(|b| format!(" (untrained {b:.4})"))
                 .unwrap_or_default(),
-            m.eval
-                .f1
-                .map(|f| format!(", F1 {f:.4}"))
-                .unwrap_or_default(),
-            m.eval.examples,
-            m.epochs,
-            m.tokens_per_s,
-            m.wall_s,
-            m.peak_rss_mb.unwrap_or(f64::NAN),
-            args.out.display()
-        );
-    }
+            e.f1.map(|f| format!(", F1 {f:.4}")).unwrap_or_default()
+        )
+    };
+    println!(
+        "{} {} {score} ({} examples) | {} epochs, {:.0} train tokens/s, {:.0} s, peak memory {:.0} MiB | {}",
+        m.task,
+        m.eval_split,
+        e.examples,
+        m.epochs,
+        m.tokens_per_s,
+        m.wall_s,
+        m.peak_rss_mb.unwrap_or(f64::NAN),
+        args.out.display()
+    );
     Ok(())
+}
+
+/// The data settings of the command line (`None` without --data); paths made absolute, so a
+/// resumed run finds its files from any directory.
+pub fn data_settings(a: &DataArgs) -> Result<Option<DataSettings>> {
+    let Some(train) = &a.data else {
+        return Ok(None);
+    };
+    let absolute = |p: &std::path::Path| -> Result<std::path::PathBuf> {
+        std::path::absolute(p).map_err(|e| usage(format!("{}: {e}", p.display())))
+    };
+    let mut d = DataSettings::new(absolute(train)?);
+    d.eval = a.eval_data.as_deref().map(absolute).transpose()?;
+    d.eval_split = a.eval_split;
+    d.text_column = a.text_column.clone();
+    d.pair_column = a.pair_column.clone();
+    d.label_column = a.label_column.clone();
+    d.regression = a.regression;
+    d.prompt_column = a.prompt_column.clone();
+    d.completion_column = a.completion_column.clone();
+    d.chat_template = a.chat_template.as_deref().map(absolute).transpose()?;
+    d.train_on_prompt = a.train_on_prompt;
+    d.packing = a.packing;
+    d.sample_prompts = a.sample_prompts;
+    Ok(Some(d))
 }
 
 /// The adapter settings of `a` into `config`.
