@@ -417,6 +417,13 @@ fn adapters_that_do_not_fit_fail_naming_key_and_shapes_and_attach_nothing() {
         }),
         &["field `lora_alpha` must be a number"],
     );
+    // A dropout probability outside [0, 1) (burn's dropout would panic at 1).
+    check(
+        altered("lora", "dropout1", same, |c| {
+            c["lora_dropout"] = Value::from(1.0)
+        }),
+        &["field `lora_dropout` = 1 must lie in [0, 1)"],
+    );
     // A truncated weights file.
     let cut = altered("lora", "cut", same, keep);
     let w = cut.join("adapter_model.safetensors");

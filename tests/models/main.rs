@@ -5,10 +5,17 @@
 //! Tests that need the real models skip when they are not fetched, unless
 //! `GRALORA_REQUIRE_ASSETS=1` (CI), where a missing asset fails.
 
+mod asset_cache;
 #[path = "../common/mod.rs"]
 mod common;
+mod fuzz;
+#[path = "../common/fuzz.rs"]
+mod fuzz_support;
 mod layouts;
 mod real_models;
+
+#[global_allocator]
+static ALLOCATOR: fuzz_support::Bounded = fuzz_support::Bounded;
 
 use std::path::{Path, PathBuf};
 

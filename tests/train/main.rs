@@ -7,10 +7,18 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod crash;
+mod fuzz;
+#[path = "../common/fuzz.rs"]
+mod fuzz_support;
 mod methods;
 mod readers;
 mod training;
 mod user_data;
+
+#[global_allocator]
+static ALLOCATOR: fuzz_support::Bounded = fuzz_support::Bounded;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -342,3 +342,60 @@ fn bad_training_arguments_are_one_line_errors() {
     assert!(err.lines().last().unwrap().starts_with("error:"), "{err}");
     assert!(!out.exists());
 }
+
+/// Memory does not grow over epochs: the process's peak resident memory at the end of epoch 5 is
+/// within 5 % of its peak at the end of epoch 1, on Flex and (where an adapter exists) wgpu.
+#[test]
+fn peak_memory_stays_flat_from_epoch_one_to_five() {
+    let Some(home) = excerpt_home("memory") else {
+        return;
+    };
+    let mut devices = vec!["flex"];
+    if !gralora::device::wgpu_adapters().is_empty() {
+        devices.push("wgpu");
+    } else if std::env::var("GRALORA_REQUIRE_WGPU").as_deref() == Ok("1") {
+        panic!("GRALORA_REQUIRE_WGPU=1 but no wgpu adapter was found");
+    }
+    for device in devices {
+        let out = home.join(format!("memory-{device}"));
+        let o = gralora(
+            &[
+                "train",
+                "--model",
+                "minilm",
+                "--task",
+                "sst2",
+                "--method",
+                "gralora",
+                "--rank",
+                "8",
+                "--k",
+                "2",
+                "--epochs",
+                "5",
+                "--batch-size",
+                "8",
+                "--max-len",
+                "32",
+                "--max-train",
+                "64",
+                "--max-eval",
+                "16",
+                "--device",
+                device,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &home,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let peaks = metrics(&out).peak_rss_mb_by_epoch;
+        assert_eq!(peaks.len(), 5, "{peaks:?}");
+        let (first, last) = (peaks[0], peaks[4]);
+        eprintln!("{device}: peak RSS by epoch {peaks:?} MiB");
+        assert!(
+            last <= first * 1.05,
+            "{device}: peak memory grew from {first:.0} MiB after epoch 1 to {last:.0} MiB after epoch 5 ({peaks:?})"
+        );
+    }
+}

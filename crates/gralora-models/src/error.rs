@@ -77,7 +77,7 @@ pub enum ModelError {
     #[error("{0}")]
     Source(String),
     /// Fetching an asset failed.
-    #[error("fetch {asset}: {msg}")]
+    #[error("asset `{asset}`: {msg}")]
     Fetch {
         /// The asset's name.
         asset: String,

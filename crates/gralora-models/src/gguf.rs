@@ -226,7 +226,7 @@ impl<'a> Cursor<'a> {
             9 if depth < 4 => {
                 let item = self.u32()?;
                 let n = self.len("array")?;
-                let mut items = Vec::with_capacity(n.min(1 << 20));
+                let mut items = Vec::with_capacity(n.min(1 << 12));
                 for _ in 0..n {
                     items.push(self.value(item, depth + 1)?);
                 }
@@ -280,7 +280,7 @@ impl GgufFile {
             let value = c.value(ty, 0)?;
             metadata.insert(key, value);
         }
-        let mut dir = Vec::with_capacity(n_tensors);
+        let mut dir = Vec::with_capacity(n_tensors.min(1 << 12));
         for _ in 0..n_tensors {
             let name = c.string()?;
             let n_dims = c.u32()? as usize;
@@ -311,10 +311,21 @@ impl GgufFile {
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let mut tensors = HashMap::new();
         for (name, ggml_dims, type_id, rel) in dir {
+            let beyond = |what: &str| {
+                ModelError::format(
+                    &path,
+                    format!(
+                        "tensor `{name}`: its {what} lies beyond any file; the file is damaged"
+                    ),
+                )
+            };
+            let offset = data_start
+                .checked_add(rel)
+                .ok_or_else(|| beyond("offset"))?;
             let info = TensorInfo {
                 ggml_dims,
                 type_id,
-                offset: data_start + rel,
+                offset,
             };
             if let Some(ty) = GgmlType::from_id(type_id) {
                 let (per, bytes) = ty.block();
@@ -327,13 +338,19 @@ impl GgufFile {
                         ),
                     ));
                 }
-                let size = info.numel() / per * bytes;
-                if info.offset + size > map.len() {
+                let size = info
+                    .ggml_dims
+                    .iter()
+                    .try_fold(1usize, |n, &d| n.checked_mul(d))
+                    .and_then(|n| (n / per).checked_mul(bytes))
+                    .ok_or_else(|| beyond("size"))?;
+                let end = info.offset.checked_add(size).ok_or_else(|| beyond("end"))?;
+                if end > map.len() {
                     return Err(ModelError::format(
                         &path,
                         format!(
                             "tensor `{name}` data ends at byte {} but the file has {} bytes; the file is truncated",
-                            info.offset + size,
+                            end,
                             map.len()
                         ),
                     ));

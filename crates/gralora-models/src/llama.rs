@@ -154,6 +154,17 @@ impl LlamaConfig {
                 ),
             ));
         }
+        for (field, v) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(ModelError::config(
+                    path,
+                    format!("{field} {v} must be a positive number"),
+                ));
+            }
+        }
         if !self.head_dim().is_multiple_of(2) || self.head_dim() == 0 {
             return Err(ModelError::config(
                 path,
@@ -253,7 +264,7 @@ impl Llama {
         let adapted = |name: String, i: usize, o: usize| -> Result<AdaptedLinear> {
             Ok(AdaptedLinear::new(loader.linear(&name, i, o, false)?))
         };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
             let p = format!("model.layers.{l}");
             layers.push(LlamaLayer {

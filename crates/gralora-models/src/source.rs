@@ -42,6 +42,7 @@ impl ModelSource {
                     asset.name
                 )));
             }
+            assets::verify(home, asset)?;
             let path = assets::dir(home, asset).join(file);
             return Self::from_path(&path);
         }

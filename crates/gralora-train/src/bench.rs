@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::tasks::classification::{ClassBatch, Item, TextClassifier};
 use crate::trainer::{
-    ENCODER_TARGETS, LossGuard, Report, TrainConfig, peak_rss_mib, seed_device, trainable,
+    ENCODER_TARGETS, LossGuard, Report, TrainConfig, peak_rss_mib, rss_mib, seed_device, trainable,
     trainable_params,
 };
 
@@ -39,6 +39,29 @@ pub struct StepBench {
     /// Distinct kernels this method's steps launched (warm-up included) that no earlier
     /// method's had: the kernels it compiled.
     pub kernels_compiled: usize,
+    /// How fast the process's resident memory grew over the second half of the timed rounds,
+    /// MiB per 100 rounds (least squares; the same for every method, whose steps share the
+    /// rounds); `None` under 20 rounds or off Linux. Near 0 when nothing leaks.
+    pub rss_slope_mb_per_100_rounds: Option<f64>,
+}
+
+/// The least-squares slope of `ys` against their index, per 100 indices, over the second half
+/// of `ys` (the first half lets caches and pools fill); `None` under 20 values.
+pub fn rss_slope_per_100(ys: &[f64]) -> Option<f64> {
+    if ys.len() < 20 {
+        return None;
+    }
+    let half = &ys[ys.len() / 2..];
+    let n = half.len() as f64;
+    let mx = (n - 1.0) / 2.0;
+    let my = half.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (i, y) in half.iter().enumerate() {
+        let dx = i as f64 - mx;
+        sxy += dx * (y - my);
+        sxx += dx * dx;
+    }
+    Some(100.0 * sxy / sxx)
 }
 
 /// What [`bench_steps`] times: `batch` examples of `seq_len` random tokens per step, `warmup`
@@ -196,7 +219,11 @@ pub fn bench_steps(
         m.peak = peak_rss_mib();
         methods.push(m);
     }
+    let mut rss = Vec::with_capacity(iters);
     for round in 0..iters {
+        if let Some(r) = rss_mib() {
+            rss.push(r);
+        }
         for m in &mut methods {
             let (ms, counts) = counted_step(m, &mut counting)?;
             m.times.push(ms);
@@ -207,6 +234,7 @@ pub fn bench_steps(
             }
         }
     }
+    let slope = rss_slope_per_100(&rss);
     Ok(methods
         .into_iter()
         .map(|m| {
@@ -222,6 +250,7 @@ pub fn bench_steps(
                 steps_ms: m.times,
                 per_step: m.per_step,
                 kernels_compiled: m.kernels,
+                rss_slope_mb_per_100_rounds: slope,
             }
         })
         .collect())

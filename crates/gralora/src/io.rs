@@ -50,14 +50,44 @@ pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// Write a file atomically: a temporary file beside it, then a rename. On error nothing is left.
+/// Replace `path` with what `write` puts into a temporary file beside it (`.STEM.XXXXXX.EXT`:
+/// the extension kept for writers that choose a format by it, the leading dot keeping it out of
+/// the names readers look for). The file is written, flushed to the disk (`fsync`) and renamed
+/// over `path`, so `path` is always either the old complete file or the new complete one —
+/// after a kill at any moment, a write error (a full disk, a file-size limit) or a power loss.
+/// On error the temporary file is removed.
+pub fn replace_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{stem}."))
+        .suffix(&ext)
+        .tempfile_in(dir)?;
+    write(tmp.path())?;
+    // `write` may have written through its own handle: fsync is per file, so any handle does.
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    // The rename itself is durable once the directory is synced (not possible everywhere).
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    Ok(())
+}
+
+/// Write a file atomically (see [`replace_with`]): the old complete file or the new complete
+/// file, never a part; on error nothing new is left.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    replace_with(path, |tmp| std::fs::write(tmp, bytes))
 }
 
 /// Little-endian f32 bytes (for safetensors views).

@@ -212,12 +212,18 @@ pub fn load_peft<M: AdapterHost>(
     if r_cfg == 0 {
         return Err(err(&cfg_path, "field `r` must be at least 1, found 0"));
     }
-    let dropout = get_f(if is_lora {
+    let dropout_key = if is_lora {
         "lora_dropout"
     } else {
         "gralora_dropout"
-    })?
-    .unwrap_or(0.0);
+    };
+    let dropout = get_f(dropout_key)?.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(err(
+            &cfg_path,
+            format!("field `{dropout_key}` = {dropout} must lie in [0, 1)"),
+        ));
+    }
     let rslora = get_b("use_rslora")?.unwrap_or(false);
     let alpha_default = if is_lora {
         get_f("lora_alpha")?.unwrap_or(8.0)

@@ -36,6 +36,16 @@ pub const MRPC_DEV: &str = "glue/glue/mrpc/validation/data-00000-of-00001.arrow"
 /// GLUE RTE dev set.
 pub const RTE_DEV: &str = "glue/glue/rte/validation/data-00000-of-00001.arrow";
 
+/// Check the fetched assets called `names` against their recorded sha256 sums (a damaged cached
+/// copy is an error with the command that fetches it again).
+pub fn verify_assets(home: &Path, names: &[&str]) -> Result<()> {
+    for name in names {
+        let asset = gralora_models::assets::find(name)?;
+        gralora_models::assets::verify(home, asset)?;
+    }
+    Ok(())
+}
+
 /// A data error naming the file.
 pub(crate) fn data_err(path: &Path, msg: impl std::fmt::Display) -> TrainError {
     TrainError::Data {

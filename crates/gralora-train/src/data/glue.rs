@@ -1,21 +1,17 @@
 //! GLUE dev sets as Hugging Face datasets Arrow IPC stream files (SST-2, MRPC, RTE).
 
-use std::io::BufReader;
 use std::path::Path;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int8Type, Int16Type, Int32Type, Int64Type};
 use arrow_array::{Array, RecordBatch};
-use arrow_ipc::reader::StreamReader;
 
-use super::files::{Example, data_err, non_empty, open};
+use super::files::{Example, data_err, non_empty};
 use crate::error::Result;
 
 /// A Hugging Face datasets Arrow IPC stream file.
 pub fn read_arrow(path: &Path) -> Result<Vec<RecordBatch>> {
-    let reader = StreamReader::try_new(BufReader::new(open(path)?), None)
-        .map_err(|e| data_err(path, format!("not an Arrow IPC stream: {e}")))?;
-    reader
+    super::ipc::batches(path)?
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| data_err(path, format!("corrupt Arrow data: {e}")))
 }

@@ -9,6 +9,7 @@ pub mod commonsense;
 mod files;
 mod glue;
 pub mod gsm8k;
+mod ipc;
 mod rotten_tomatoes;
 mod snli;
 pub mod table;
@@ -18,7 +19,7 @@ pub use boolq::read_boolq;
 pub use commonsense::{McExample, read_mc};
 pub use files::{
     BOOLQ_TRAIN, BOOLQ_VAL, Example, MRPC_DEV, RT_FILE, RTE_DEV, SNLI_TEST, SNLI_TRAIN, SST2_DEV,
-    seeded_subset,
+    seeded_subset, verify_assets,
 };
 pub use glue::{read_arrow, read_glue_pairs, read_sst2_arrow};
 pub use rotten_tomatoes::{normalise, read_rotten_tomatoes, remove_overlap};

@@ -316,8 +316,11 @@ fn csv_err(path: &Path, e: csv::Error) -> TrainError {
 fn parquet_rows(path: &Path) -> Result<Box<dyn Iterator<Item = Result<Row>>>> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = open(path)?;
+    let len = file.metadata().map_err(|e| data_err(path, e))?.len();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| data_err(path, format!("not a readable Parquet file: {e}")))?;
+    check_column_chunks(builder.metadata(), len)
+        .map_err(|e| data_err(path, format!("damaged Parquet file: {e}")))?;
     let groups: Vec<usize> = builder
         .metadata()
         .row_groups()
@@ -328,21 +331,44 @@ fn parquet_rows(path: &Path) -> Result<Box<dyn Iterator<Item = Result<Row>>>> {
         .with_batch_size(1024)
         .build()
         .map_err(|e| data_err(path, format!("not a readable Parquet file: {e}")))?;
-    Ok(batch_rows(path, reader, groups))
+    Ok(batch_rows(path, super::ipc::Guarded(Some(reader)), groups))
+}
+
+/// Every column chunk the footer declares lies inside the file: the parquet crate asserts
+/// (panics) on a negative offset or size and would size reads from the declared ones.
+fn check_column_chunks(
+    meta: &parquet::file::metadata::ParquetMetaData,
+    file_len: u64,
+) -> std::result::Result<(), String> {
+    for (g, group) in meta.row_groups().iter().enumerate() {
+        if group.num_rows() < 0 {
+            return Err(format!("row group {g} declares {} rows", group.num_rows()));
+        }
+        for col in group.columns() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or(col.data_page_offset());
+            let size = col.compressed_size();
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(size).ok())
+                .and_then(|(s, n)| s.checked_add(n))
+                .is_some_and(|end| end <= file_len);
+            if !inside {
+                return Err(format!(
+                    "column `{}` of row group {g} declares bytes {start}..{start}+{size}, \
+                     outside the file's {file_len} bytes",
+                    col.column_path()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The rows of an Arrow IPC file (a stream, as `datasets` writes, or the file format).
 fn arrow_rows(path: &Path) -> Result<Box<dyn Iterator<Item = Result<Row>>>> {
-    use arrow_ipc::reader::{FileReader, StreamReader};
-    let stream = StreamReader::try_new(BufReader::new(open(path)?), None);
-    let batches: Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>>> =
-        match stream {
-            Ok(r) => Box::new(r),
-            Err(_) => Box::new(
-                FileReader::try_new(BufReader::new(open(path)?), None)
-                    .map_err(|e| data_err(path, format!("not an Arrow IPC stream or file: {e}")))?,
-            ),
-        };
+    let batches = super::ipc::batches(path)?;
     Ok(batch_rows(path, batches, Vec::new()))
 }
 

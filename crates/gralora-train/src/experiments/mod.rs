@@ -5,7 +5,7 @@
 //! Every result is a table (CSV and Markdown) and a chart (SVG and PNG) in the output directory.
 
 pub mod grad_deviation;
-mod plot;
+pub mod plot;
 pub mod rank_sweep;
 mod ranks;
 mod tables;

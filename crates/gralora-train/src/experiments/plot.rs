@@ -55,31 +55,22 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     }
 }
 
-/// `name.tmp.ext` next to `path` (the PNG encoder picks the format from the extension).
-fn temp_path(path: &Path) -> PathBuf {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("chart");
-    let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("out");
-    path.with_file_name(format!(".{stem}.tmp.{ext}"))
-}
-
 /// Write `chart` to `stem.svg` and `stem.png`; returns both paths.
 pub fn write_chart(chart: &Chart, stem: &Path) -> Result<[PathBuf; 2]> {
     register_font();
     let svg = stem.with_extension("svg");
     let png = stem.with_extension("png");
     for path in [&svg, &png] {
-        let tmp = temp_path(path);
-        let drawn = if path == &svg {
-            draw(chart, SVGBackend::new(&tmp, SIZE).into_drawing_area()).map_err(|e| e.to_string())
-        } else {
-            draw(chart, BitMapBackend::new(&tmp, SIZE).into_drawing_area())
-                .map_err(|e| e.to_string())
-        };
-        if let Err(e) = drawn {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(plot_err(path, e));
-        }
-        std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
+        gralora::io::replace_with(path, |tmp| {
+            if path == &svg {
+                draw(chart, SVGBackend::new(tmp, SIZE).into_drawing_area())
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            } else {
+                draw(chart, BitMapBackend::new(tmp, SIZE).into_drawing_area())
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            }
+        })
+        .map_err(|e| plot_err(path, e))?;
     }
     Ok([svg, png])
 }

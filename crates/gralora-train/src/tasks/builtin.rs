@@ -113,6 +113,7 @@ impl Task {
 
     /// Load both splits from the asset cache `home` (`$GRALORA_HOME`).
     pub fn load(self, home: &Path) -> Result<TaskData> {
+        crate::data::verify_assets(home, self.assets())?;
         let (train, eval) = match self {
             Self::Sst2 => {
                 let eval = read_sst2_arrow(&home.join(SST2_DEV))?;

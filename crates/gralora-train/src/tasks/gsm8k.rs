@@ -127,6 +127,7 @@ pub fn eval_model(
             "{model_arg} is an encoder; gsm8k needs a decoder (e.g. --model smollm2)"
         )));
     };
+    crate::data::verify_assets(home, &["gsm8k"])?;
     let mut problems = read(&home.join(GSM8K_TEST))?;
     if let Some(n) = max_eval {
         problems.truncate(n.max(1));

@@ -116,6 +116,7 @@ impl McTask {
 
 /// Train and validation examples of `tasks` (several: mixed and shuffled by the loader).
 pub fn load(tasks: &[McTask], home: &Path) -> Result<(Vec<McExample>, Vec<McExample>)> {
+    crate::data::verify_assets(home, &["commonsense"])?;
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for t in tasks {
         let [a, b] = t.files();

@@ -377,6 +377,7 @@ fn train_folds(
         train_s: runs.iter().map(|m| m.train_s).sum(),
         tokens_per_s: mean(&|m| m.tokens_per_s),
         peak_rss_mb: peak_rss_mib(),
+        peak_rss_mb_by_epoch: Vec::new(),
         gora: None,
         folds: Some(runs.iter().map(|m| m.eval).collect()),
         accuracy_std: Some(std),

@@ -152,8 +152,12 @@ pub struct StepStrategy<M> {
     dir: PathBuf,
     resume: Option<usize>,
     guard: Option<LossGuard>,
+    epoch_peaks: Option<EpochPeaks>,
     _model: PhantomData<fn() -> M>,
 }
+
+/// The process's peak resident memory (MiB) at the end of each epoch, filled in by the strategy.
+pub type EpochPeaks = std::sync::Arc<std::sync::Mutex<Vec<f64>>>;
 
 impl<M> StepStrategy<M> {
     /// A strategy on the autodiff `device`; `every = 0` writes no step checkpoints.
@@ -173,6 +177,7 @@ impl<M> StepStrategy<M> {
             dir,
             resume,
             guard: None,
+            epoch_peaks: None,
             _model: PhantomData,
         }
     }
@@ -184,6 +189,12 @@ impl<M> StepStrategy<M> {
         self
     }
 
+    /// Record the process's peak resident memory into `peaks` at the end of every epoch.
+    pub fn with_epoch_peaks(mut self, peaks: EpochPeaks) -> Self {
+        self.epoch_peaks = Some(peaks);
+        self
+    }
+
     /// Read the guard's pending losses; whether training must stop.
     fn guard_stops(&self, interrupter: &burn::train::Interrupter) -> bool {
         if let Some(g) = &self.guard {
@@ -192,11 +203,19 @@ impl<M> StepStrategy<M> {
         interrupter.should_stop()
     }
 
-    fn checkpointer<N: LearnerModel>(&self) -> LearningCheckpointer<N> {
+    /// A failed save or delete fails the run through `interrupter` (as burn-train's epoch
+    /// checkpointers do), instead of panicking on the checkpointer's thread.
+    fn checkpointer<N: LearnerModel>(
+        &self,
+        interrupter: &burn::train::Interrupter,
+    ) -> LearningCheckpointer<N> {
         LearningCheckpointer::new(
-            AsyncCheckpointer::new(FileCheckpointer::new(&self.dir, "model")),
-            AsyncCheckpointer::new(FileCheckpointer::new(&self.dir, "optim")),
-            AsyncCheckpointer::new(FileCheckpointer::new(&self.dir, "scheduler")),
+            AsyncCheckpointer::new(FileCheckpointer::new(&self.dir, "model"))
+                .with_interrupter(interrupter.clone()),
+            AsyncCheckpointer::new(FileCheckpointer::new(&self.dir, "optim"))
+                .with_interrupter(interrupter.clone()),
+            AsyncCheckpointer::new(FileCheckpointer::new(&self.dir, "scheduler"))
+                .with_interrupter(interrupter.clone()),
             Box::new(KeepTwo {
                 kept: self.resume.into_iter().collect(),
             }),
@@ -264,7 +283,8 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for StepStrategy<M> {
         let mut checkpointer = components.checkpointer;
         let mut early_stopping = components.early_stopping;
         let store = components.event_store;
-        let mut steps = (self.every > 0 || self.resume.is_some()).then(|| self.checkpointer::<M>());
+        let mut steps =
+            (self.every > 0 || self.resume.is_some()).then(|| self.checkpointer::<M>(&interrupter));
         if let (Some(g), Some(steps)) = (self.resume, &steps) {
             learner = steps.load_checkpoint(learner, g);
         }
@@ -358,6 +378,12 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for StepStrategy<M> {
             }
             if let Some(checkpointer) = &mut checkpointer {
                 checkpointer.checkpoint(&learner, epoch, &store);
+            }
+            // The epoch's peak, its validation and checkpoint included.
+            if let (Some(peaks), Some(mib)) = (&self.epoch_peaks, super::peak_rss_mib())
+                && let Ok(mut v) = peaks.lock()
+            {
+                v.push(mib);
             }
             if let Some(early_stopping) = &mut early_stopping
                 && early_stopping.should_stop(epoch, &store)

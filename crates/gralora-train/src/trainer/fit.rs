@@ -69,6 +69,8 @@ pub struct Fitted<M> {
     pub train_s: f64,
     /// Real tokens trained on by this process.
     pub tokens: u64,
+    /// The process's peak resident memory at the end of each epoch trained, MiB.
+    pub peak_rss_mb_by_epoch: Vec<f64>,
 }
 
 impl<M> Fitted<M> {
@@ -101,6 +103,7 @@ pub fn fit<M: burn::train::LearnerModel>(
     let optim = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
         .init();
+    let epoch_peaks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let step_resume = match f.resumed_from {
         Some(ResumePoint::Step { batches, .. }) => Some(batches),
         _ => None,
@@ -121,7 +124,8 @@ pub fn fit<M: burn::train::LearnerModel>(
                 f.dir.steps(),
                 step_resume,
             )
-            .with_guard(f.guard.clone()),
+            .with_guard(f.guard.clone())
+            .with_epoch_peaks(epoch_peaks.clone()),
         )));
     if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
         training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(15))));
@@ -165,7 +169,15 @@ pub fn fit<M: burn::train::LearnerModel>(
         });
     }
     if let Some(e) = &result.error {
-        return Err(TrainError::Training(e.to_string()));
+        let mut msg = e.to_string();
+        if msg.contains("Checkpoint error") {
+            // The newest complete checkpoint is untouched (a save writes a temporary file).
+            msg.push_str(&format!(
+                "; fix the cause (disk space, file-size limit, permissions) and continue from the newest complete checkpoint with `gralora train --out {} --resume`",
+                f.dir.0.display()
+            ));
+        }
+        return Err(TrainError::Training(msg));
     }
     if result.interrupted.is_none() {
         // Finished: the mid-epoch checkpoints are superseded by the epoch-end ones.
@@ -175,5 +187,6 @@ pub fn fit<M: burn::train::LearnerModel>(
         result,
         train_s,
         tokens: f.tokens.load(Ordering::Relaxed) - tokens_before,
+        peak_rss_mb_by_epoch: epoch_peaks.lock().map(|v| v.clone()).unwrap_or_default(),
     })
 }

@@ -26,7 +26,7 @@ pub use loader::{Batching, GPU_LEN_MULTIPLE, SeededLoader, len_multiple, seed_de
 pub use metric::TokensPerSecond;
 pub use renderer::{LineRenderer, Report};
 pub use run_dir::{
-    EvalMetrics, RunDir, RunLock, RunMetrics, check_out_dir, peak_rss_mib, write_json,
+    EvalMetrics, RunDir, RunLock, RunMetrics, check_out_dir, peak_rss_mib, rss_mib, write_json,
 };
 pub use session::{
     BatchOf, ItemOf, RunNames, Session, Workload, b_param_ids, trainable, trainable_params,

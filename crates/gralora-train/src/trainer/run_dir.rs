@@ -74,6 +74,10 @@ pub struct RunMetrics {
     pub tokens_per_s: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mb: Option<f64>,
+    /// The process's peak resident memory at the end of each epoch this process trained, MiB:
+    /// flat from the first epoch on when nothing leaks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peak_rss_mb_by_epoch: Vec<f64>,
     /// GoRA's allocation and the loss before/after its initialisation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gora: Option<super::gora::GoraReport>,
@@ -101,8 +105,17 @@ pub struct RunMetrics {
 
 /// Peak resident memory of this process in MiB (Linux), if known.
 pub fn peak_rss_mib() -> Option<f64> {
+    proc_status_mib("VmHWM:")
+}
+
+/// Resident memory of the process now, MiB (Linux; `None` elsewhere).
+pub fn rss_mib() -> Option<f64> {
+    proc_status_mib("VmRSS:")
+}
+
+fn proc_status_mib(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }

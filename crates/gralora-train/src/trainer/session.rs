@@ -276,6 +276,7 @@ impl Session<'_> {
             .unwrap_or(config.epochs)
             .max(done);
         let (train_s, tokens_per_s) = (fitted.train_s, fitted.tokens_per_s());
+        let peak_rss_mb_by_epoch = fitted.peak_rss_mb_by_epoch.clone();
         let trained = workload.trained(fitted.result.model);
 
         // Final evaluation on the inner device, then the files; metrics.json last.
@@ -301,6 +302,7 @@ impl Session<'_> {
             train_s,
             tokens_per_s,
             peak_rss_mb: peak_rss_mib(),
+            peak_rss_mb_by_epoch,
             gora,
             folds: None,
             accuracy_std: None,

@@ -43,6 +43,8 @@ pub fn setup_cpu_blas(home: &Path) -> Result<()> {
     let fetched = assets::dir(home, asset).join("libscipy_openblas.so");
     let mut candidates: Vec<PathBuf> = Vec::new();
     if assets::is_present(home, asset) {
+        // A damaged library is refused (its sha256) rather than loaded into the process.
+        assets::verify(home, asset)?;
         candidates.push(fetched);
     }
     candidates.extend(gralora::blas::SYSTEM_NAMES.iter().map(PathBuf::from));

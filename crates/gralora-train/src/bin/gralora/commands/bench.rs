@@ -50,6 +50,7 @@ pub fn step(args: BenchStepArgs) -> Result<()> {
         &mut |line| eprintln!("{line}"),
     )?;
     let mut first_ms = None;
+    let slope = results.first().and_then(|r| r.rss_slope_mb_per_100_rounds);
     for ((method, config), r) in methods.into_iter().zip(&configs).zip(results) {
         let ratio = r.ms_per_step / *first_ms.get_or_insert(r.ms_per_step);
         let name = method.name();
@@ -66,6 +67,7 @@ pub fn step(args: BenchStepArgs) -> Result<()> {
                 "host_writes_per_step": c.host_writes, "kernels_compiled": r.kernels_compiled,
                 "fusion_ops_per_step": c.fusion_ops, "fusion_blocks_per_step": c.fusion_blocks,
                 "fused_blocks_per_step": c.fused_blocks, "opaque_ops_per_step": c.opaque_ops,
+                "rss_slope_mb_per_100_rounds": r.rss_slope_mb_per_100_rounds,
             });
             if args.kernels {
                 line["launches_by_kernel"] = json!(c.by_kernel);
@@ -93,6 +95,17 @@ pub fn step(args: BenchStepArgs) -> Result<()> {
                 for (kernel, n) in &c.by_kernel {
                     println!("         {n:>6} × {kernel}");
                 }
+            }
+        }
+    }
+    if !args.json {
+        match slope {
+            Some(s) => println!(
+                "memory: the resident set grew {s:+.2} MiB per 100 rounds over the second half of the {} rounds",
+                args.iters.max(1)
+            ),
+            None => {
+                println!("memory: no resident-set slope (it needs --iters 20 or more, on Linux)")
             }
         }
     }
