@@ -11,6 +11,15 @@ Run by hand (not by CI), after `gralora fetch minilm`:
     /tmp/refenv/bin/python scripts/peft_fixtures.py check DIR [GRALORA_HOME]
         -> loads a gralora-saved adapter DIR (with DIR/outputs.json written by gralora) in PEFT and
            prints PEFT's embeddings against gralora's (cosine, max abs error)
+    /tmp/refenv/bin/python scripts/peft_fixtures.py exported DIR FIXTURE [GRALORA_HOME]
+        -> loads DIR, written by `gralora export --adapter tests/fixtures/peft/FIXTURE --to lora`,
+           through PEFT's plain LoRA path and compares its embeddings with PEFT's own GraLoRA
+           outputs for FIXTURE (tests/fixtures/peft/FIXTURE/outputs.json); fails above 1e-5
+    /tmp/refenv/bin/python scripts/peft_fixtures.py smollm2 OUTDIR GRALORA_BINARY [GRALORA_HOME]
+        -> the same for a decoder, after `gralora fetch smollm2`: PEFT makes a GraLoRA adapter
+           (B non-zero) on SmolLM2 as transformers loads it from the GGUF file, `gralora export
+           --to lora` converts it, and PEFT's LoRA path must give the GraLoRA logits (max abs
+           error, and relative to the largest logit)
 
 Adapters use init_weights=False (B non-zero), so a wrong layout cannot pass by accident.
 The model is MiniLM as Hugging Face `BertModel`; outputs are mean-pooled, L2-normalised embeddings.
@@ -106,5 +115,63 @@ def merged():
           f"max abs error {(emb - want).abs().max().item():.2e}")
 
 
+def exported():
+    from peft import PeftModel
+
+    adapter = Path(sys.argv[2])
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA", cfg["peft_type"]
+    d = home(4) / "minilm"
+    tok = AutoTokenizer.from_pretrained(d)
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(d), adapter)
+    model.eval()
+    ranks = sorted({m.r["default"] for m in model.modules() if hasattr(m, "lora_A") and "default" in m.r})
+    emb = embed(model, tok)
+    want = torch.tensor(json.loads((OUT / sys.argv[3] / "outputs.json").read_text())["embeddings"])
+    err = (emb - want).abs().max().item()
+    print(f"{adapter}: PEFT LoRA (ranks {ranks}) vs PEFT GraLoRA {sys.argv[3]}: max abs error {err:.2e}")
+    sys.exit(0 if err <= 1e-5 else 1)
+
+
+def smollm2():
+    import subprocess
+
+    from peft import GraloraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out, binary = Path(sys.argv[2]), sys.argv[3]
+    d = home(4) / "smollm2"
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=gguf)
+    ids = tok("The capital of Italy is Rome, and the capital of France is", return_tensors="pt")
+
+    # float64 as well: what is left in f32 is the summation order of 30 layers, not the export.
+    dtype = torch.float64 if os.environ.get("PEFT_CHECK_F64") == "1" else torch.float32
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(d, gguf_file=gguf, torch_dtype=torch.float32).eval()
+
+    torch.manual_seed(0)
+    cfg = GraloraConfig(r=8, alpha=16, gralora_k=2, init_weights=False,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    model = get_peft_model(load(), cfg).eval()
+    model.save_pretrained(out / "gralora")  # f32, as adapters are stored
+    with torch.no_grad():
+        want = model.to(dtype)(**ids).logits
+        with model.disable_adapter():
+            moved = (model(**ids).logits - want).abs().max().item()
+    assert moved > 1e-2, f"the GraLoRA adapter must change the logits (moved {moved})"
+    subprocess.run([binary, "export", "--adapter", str(out / "gralora"), "--model", "smollm2",
+                    "--to", "lora", "--out", str(out / "lora")], check=True)
+    lora = PeftModel.from_pretrained(load(), out / "lora").eval().to(dtype)
+    with torch.no_grad():
+        got = lora(**ids).logits
+    err = (got - want).abs().max().item()
+    rel = err / want.abs().max().item()
+    print(f"SmolLM2 ({dtype}): PEFT LoRA from `gralora export` vs PEFT GraLoRA: max abs error {err:.2e} "
+          f"(relative {rel:.1e}) over {want.numel()} logits; the adapter moves them by up to {moved:.2f}")
+    sys.exit(0 if rel <= (1e-12 if dtype == torch.float64 else 1e-5) else 1)
+
+
 if __name__ == "__main__":
-    {"make": make, "check": check, "merged": merged}[sys.argv[1]]()
+    {"make": make, "check": check, "merged": merged, "exported": exported, "smollm2": smollm2}[sys.argv[1]]()

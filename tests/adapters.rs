@@ -96,6 +96,47 @@ fn gralora_forward_equals_dense_block_formula() {
 }
 
 #[test]
+fn gralora_as_plain_lora_is_exact_with_rank_k_times_r_plus_hybrid() {
+    // (in, out, r, k, hybrid_r)
+    let cases = [
+        (8, 12, 4, 1, 0),
+        (8, 12, 4, 2, 0),
+        (16, 8, 8, 4, 0),
+        (12, 20, 4, 2, 2),
+    ];
+    for (name, device) in devices() {
+        for (i, &(d_in, d_out, r, k, hybrid_r)) in cases.iter().enumerate() {
+            let config = GraLoraConfig::new(r, k)
+                .with_alpha(3.0)
+                .with_hybrid_r(hybrid_r)
+                .with_init(Init::Random);
+            let (base, _, _) = linear(d_in, d_out, 30 + i as u64, &device);
+            let layer = AdaptedLinear::with_adapter(base, &config.clone().into(), "test").unwrap();
+            let want = reference_delta(&config, &layer, d_in, d_out);
+            let Some(Adapter::GraLora(g)) = &layer.adapter else {
+                unreachable!()
+            };
+            let lora = g.to_lora().unwrap();
+            assert_eq!(lora.rank(), k * r + hybrid_r, "{name} case {i}");
+            assert_eq!(lora.scale, config.alpha / (r + hybrid_r) as f64);
+            // The plain pair's ΔW from METHODS.md §1, on the host, against the block formula.
+            let (a, b) = (host(lora.a.val()), host(lora.b.val()));
+            let got = lora_delta_ref(&a, &b, d_in, d_out, k * r + hybrid_r, lora.scale);
+            let got: Vec<f32> = got.iter().map(|v| *v as f32).collect();
+            let err = max_rel_err(&got, &want);
+            assert!(err < 1e-6, "{name} case {i}: ΔW err {err}");
+            // A' is zero off its diagonal blocks: only A's in·r entries and the hybrid's in·hybrid_r.
+            let nonzero = a.iter().filter(|v| **v != 0.0).count();
+            assert_eq!(
+                nonzero,
+                d_in * r + d_in * hybrid_r,
+                "{name} case {i}: A' sparsity"
+            );
+        }
+    }
+}
+
+#[test]
 fn forward_keeps_leading_dimensions() {
     for (name, device) in devices() {
         let config: AdapterConfig = GraLoraConfig::new(4, 2).with_init(Init::Random).into();

@@ -368,3 +368,336 @@ fn infer_with_a_peft_adapter_and_merge_reproduce_peft() {
     assert_one_line_error(&o, &["/nonexistent/adapter/adapter_config.json"]);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The second sentence of the PEFT GraLoRA fixture and PEFT's embedding of it.
+fn peft_k2_reference() -> (PathBuf, String, Vec<f64>) {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/peft/gralora_k2");
+    let outputs: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("outputs.json")).unwrap())
+            .unwrap();
+    let text = outputs["sentences"][1].as_str().unwrap().to_string();
+    let want = outputs["embeddings"][1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    (fixture, text, want)
+}
+
+fn embedding_cos(o: &Output, want: &[f64]) -> f64 {
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got = v["embedding"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| a.as_f64().unwrap() * b)
+        .sum()
+}
+
+#[test]
+fn export_to_lora_reproduces_peft_and_refuses_bad_input() {
+    if !fetched("minilm") {
+        return;
+    }
+    let (fixture, text, want) = peft_k2_reference();
+    let fx = fixture.to_str().unwrap();
+    let scratch = Scratch::new("cli-export");
+    let out = scratch.join("lora");
+    let od = out.to_str().unwrap();
+    let o = gralora(
+        &[
+            "export",
+            "--adapter",
+            fx,
+            "--to",
+            "lora",
+            "--out",
+            od,
+            "--model",
+            "minilm",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("plain LoRA"), "{}", stderr(&o));
+    // A plain PEFT LoRA of rank k·r = 16, with a model card; nothing else left beside it.
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 16);
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.starts_with("---\nbase_model: \"sentence-transformers/all-MiniLM-L6-v2\"\n"),
+        "{card}"
+    );
+    assert!(card.contains("library_name: peft\n"), "{card}");
+    assert!(
+        card.contains("pipeline_tag: feature-extraction\n"),
+        "{card}"
+    );
+    let beside: Vec<String> = std::fs::read_dir(&*scratch)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(beside, ["lora"], "left beside the export: {beside:?}");
+    // Loaded as a LoRA, it gives PEFT's GraLoRA output.
+    let o = gralora(
+        &[
+            "infer",
+            "--model",
+            "minilm",
+            "--adapter",
+            od,
+            "--text",
+            &text,
+            "--json",
+            "--device",
+            "flex",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = embedding_cos(&o, &want);
+    assert!(c >= 0.9999, "exported LoRA vs PEFT GraLoRA: {c}");
+
+    // Bad input: one line each, and no directory created.
+    let o = gralora(
+        &[
+            "export",
+            "--adapter",
+            fx,
+            "--to",
+            "lora",
+            "--out",
+            od,
+            "--model",
+            "minilm",
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, &["already exists"]);
+    let never = scratch.join("never");
+    let nd = never.to_str().unwrap();
+    let sd = scratch.to_str().unwrap();
+    let o = gralora(
+        &["export", "--adapter", sd, "--to", "lora", "--out", nd],
+        &[],
+    );
+    assert_one_line_error(&o, &["no adapter here"]);
+    let o = gralora(
+        &[
+            "export",
+            "--adapter",
+            fx,
+            "--to",
+            "gguf-lora",
+            "--out",
+            nd,
+            "--model",
+            "minilm",
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, &["is an encoder", "--to lora"]);
+    // An adapter whose base model is not on this machine needs --model.
+    let orphan = scratch.join("orphan");
+    std::fs::create_dir(&orphan).unwrap();
+    std::fs::copy(
+        fixture.join("adapter_model.safetensors"),
+        orphan.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    config["base_model_name_or_path"] = "/nonexistent/base-model".into();
+    std::fs::write(orphan.join("adapter_config.json"), config.to_string()).unwrap();
+    let o = gralora(
+        &[
+            "export",
+            "--adapter",
+            orphan.to_str().unwrap(),
+            "--to",
+            "lora",
+            "--out",
+            nd,
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, &["pass --model"]);
+    assert!(!never.exists());
+}
+
+/// The next-token top 5 of `gralora infer --json` as (token, probability).
+fn top5(o: &Output) -> Vec<(String, f64)> {
+    assert!(o.status.success(), "{}", stderr(o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["next_token_top5"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["token"].as_str().unwrap().to_string(),
+                t["prob"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn merge_into_a_gguf_file_runs_like_the_adapter_and_refuses_bad_input() {
+    if !fetched("smollm2") {
+        return;
+    }
+    use burn::tensor::Device;
+    use gralora::{AdaptOptions, GraLoraConfig, Targets, attach_adapters, save_peft};
+    let scratch = Scratch::new("cli-merge-gguf");
+    // A GraLoRA adapter with non-zero B on SmolLM2, as PEFT files.
+    let device = Device::flex();
+    let source =
+        gralora_models::source::ModelSource::resolve("smollm2", &gralora_models::assets::home())
+            .unwrap();
+    let gralora_models::source::ModelSource::Gguf(base) = &source else {
+        panic!("smollm2 is a GGUF file")
+    };
+    let (_, mut model) = gralora_models::Llama::from_gguf(
+        gralora_models::gguf::GgufFile::open(base).unwrap(),
+        &device,
+    )
+    .unwrap();
+    device.seed(7);
+    let options = AdaptOptions::new(
+        GraLoraConfig::new(8, 2)
+            .with_alpha(32.0)
+            .with_init(gralora::Init::Random),
+        Targets::names(["q_proj", "v_proj", "up_proj"]),
+    );
+    attach_adapters(&mut model, &options).unwrap();
+    let adapter = scratch.join("adapter");
+    save_peft(&mut model, &adapter, Some("smollm2")).unwrap();
+    let ad = adapter.to_str().unwrap();
+    let prompt = "The capital of Italy is";
+    let infer = |model: &str, adapter: Option<&str>| {
+        let mut args = vec![
+            "infer",
+            "--model",
+            model,
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "1",
+            "--json",
+            "--device",
+            "flex",
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a]);
+        }
+        top5(&gralora(&args, &[]))
+    };
+    let with_adapter = infer("smollm2", Some(ad));
+    assert_ne!(
+        with_adapter,
+        infer("smollm2", None),
+        "the adapter must change the output"
+    );
+    let out = scratch.join("merged.gguf");
+    let od = out.to_str().unwrap();
+    let o = gralora(
+        &[
+            "merge",
+            "--model",
+            "smollm2",
+            "--adapter",
+            ad,
+            "--format",
+            "gguf",
+            "--type",
+            "f16",
+            "--out",
+            od,
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tokenizer carried over"),
+        "{}",
+        stderr(&o)
+    );
+    // The merged file alone gives the adapted model's next-token distribution (f16 weights).
+    let merged = infer(od, None);
+    for ((a, p), (b, q)) in with_adapter.iter().zip(&merged) {
+        assert_eq!(a, b, "{with_adapter:?} vs {merged:?}");
+        assert!((p - q).abs() < 0.01, "{with_adapter:?} vs {merged:?}");
+    }
+    let beside: Vec<String> = std::fs::read_dir(&*scratch)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    let mut beside = beside;
+    beside.sort();
+    assert_eq!(
+        beside,
+        ["adapter", "merged.gguf"],
+        "nothing else left beside it"
+    );
+
+    // Bad input: one line each, nothing written.
+    let o = gralora(
+        &[
+            "merge",
+            "--model",
+            "smollm2",
+            "--adapter",
+            ad,
+            "--format",
+            "gguf",
+            "--out",
+            od,
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, &["already exists"]);
+    let never = scratch.join("never.gguf");
+    let nd = never.to_str().unwrap();
+    let o = gralora(
+        &[
+            "merge",
+            "--model",
+            "smollm2",
+            "--adapter",
+            ad,
+            "--type",
+            "q8_0",
+            "--out",
+            nd,
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, &["--type", "--format gguf"]);
+    if fetched("minilm") {
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/peft/gralora_k2");
+        let o = gralora(
+            &[
+                "merge",
+                "--model",
+                "minilm",
+                "--adapter",
+                fx.to_str().unwrap(),
+                "--format",
+                "gguf",
+                "--out",
+                nd,
+            ],
+            &[],
+        );
+        assert_one_line_error(&o, &["Hugging Face snapshot", ".gguf"]);
+    }
+    assert!(!never.exists());
+}

@@ -211,6 +211,102 @@ fn saved_adapters_round_trip_and_keep_peft_names() {
     }
 }
 
+/// GraLoRA exported as a plain LoRA (docs/METHODS.md §2 "As a plain LoRA"): PEFT's GraLoRA
+/// fixtures, and per-layer ranks and alphas as GoRA leaves them, saved as a `LORA` directory of
+/// rank k·r + hybrid_r per layer that reproduces the GraLoRA adapter and PEFT's outputs.
+#[test]
+fn gralora_exported_as_plain_lora_reproduces_the_adapter() {
+    let Some(dir) = minilm() else { return };
+    let device = Device::flex();
+    let sentences: Vec<String> = json(&fixtures().join("lora/outputs.json"))["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    // (name, its PEFT outputs if PEFT made it)
+    let mut cases: Vec<(&str, Option<Vec<Vec<f32>>>)> =
+        ["gralora_k2", "gralora_k4", "gralora_hybrid"]
+            .iter()
+            .map(|f| {
+                (
+                    *f,
+                    Some(rows(
+                        &json(&fixtures().join(f).join("outputs.json"))["embeddings"],
+                    )),
+                )
+            })
+            .collect();
+    cases.push(("per-layer ranks", None));
+    for (case, peft_out) in cases {
+        let (_, mut bert) = Bert::from_dir(&dir, &device).unwrap();
+        if peft_out.is_some() {
+            load_peft(&mut bert, fixtures().join(case)).unwrap();
+        } else {
+            let options = gralora::AdaptOptions::new(
+                gralora::GraLoraConfig::new(8, 2)
+                    .with_alpha(16.0)
+                    .with_init(gralora::Init::Random),
+                gralora::Targets::names(["query", "value"]),
+            )
+            .with_rank_for("layer.1.attention.self.query", 4)
+            .with_rank_for("layer.2.attention.self.value", 16)
+            .with_alpha_for("layer.3.attention.self.query", 5.0);
+            gralora::attach_adapters(&mut bert, &options).unwrap();
+        }
+        let before = embed(&bert, &dir, &sentences, &device);
+        let mut ranks = std::collections::BTreeMap::new();
+        let mut scales = std::collections::BTreeMap::new();
+        gralora::AdapterHost::for_each_linear_mut(&mut bert, &mut |path, l| {
+            if let Some(gralora::Adapter::GraLora(g)) = &l.adapter {
+                let (k, _, r, _) = g.dims();
+                let hr = g.general.as_ref().map_or(0, gralora::LoraAdapter::rank);
+                ranks.insert(path.to_string(), k * r + hr);
+                scales.insert(path.to_string(), g.scale);
+            }
+        });
+        assert_eq!(
+            gralora::convert_to_lora(&mut bert).unwrap(),
+            ranks.len(),
+            "{case}"
+        );
+        let scratch = Scratch::new("peft-export-lora");
+        let out = scratch.join("lora");
+        save_peft(&mut bert, &out, None).unwrap();
+        let cfg = json(&out.join("adapter_config.json"));
+        assert_eq!(cfg["peft_type"], "LORA", "{case}");
+        // Every layer's rank and scale, read back through PEFT's rules (r / rank_pattern,
+        // lora_alpha / alpha_pattern) by the loader.
+        let (_, mut again) = Bert::from_dir(&dir, &device).unwrap();
+        let report = load_peft(&mut again, &out).unwrap();
+        assert_eq!(report.layers.len(), ranks.len(), "{case}");
+        for l in &report.layers {
+            assert_eq!(l.config.rank(), ranks[&l.path], "{case}: {}", l.path);
+            let (got, want) = (l.config.scale(), scales[&l.path]);
+            assert!(
+                (got - want).abs() < 1e-12 * want,
+                "{case}: {} scale {got} vs {want}",
+                l.path
+            );
+            assert!(matches!(l.config, gralora::AdapterConfig::Lora(_)));
+        }
+        let after = embed(&again, &dir, &sentences, &device);
+        let (cos, err) = compare(&after, &before);
+        eprintln!("{case}: exported LoRA vs GraLoRA: cosine {cos}, max abs error {err:.1e}");
+        assert!(
+            cos > 0.999_999 && err <= 1e-5,
+            "{case}: LoRA vs GraLoRA: cosine {cos}, max abs error {err}"
+        );
+        if let Some(want) = peft_out {
+            let (cos, err) = compare(&after, &want);
+            assert!(
+                cos >= 0.9999 && err <= 1e-4,
+                "{case}: vs PEFT's GraLoRA: cosine {cos}, max abs error {err}"
+            );
+        }
+    }
+}
+
 /// Copy a fixture, rewriting its tensors with `edit` and its config with `edit_cfg`.
 fn altered(
     fixture: &str,

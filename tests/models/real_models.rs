@@ -253,6 +253,275 @@ fn smollm2_written_as_a_hf_snapshot_loads_back_with_the_same_logits() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// SmolLM2 from its GGUF file with random GraLoRA adapters (B non-zero) on q, k and down, one
+/// layer at another rank and one at another alpha.
+fn smollm2_with_gralora(dir: &Path, device: &Device) -> (PathBuf, LlamaConfig, Llama) {
+    let base_path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let (config, mut model) =
+        Llama::from_gguf(GgufFile::open(&base_path).unwrap(), device).unwrap();
+    device.seed(33); // the same adapters every run
+    let options = AdaptOptions::new(
+        GraLoraConfig::new(8, 2)
+            .with_alpha(16.0)
+            .with_init(gralora::Init::Random),
+        Targets::names(["q_proj", "k_proj", "down_proj"]),
+    )
+    .with_rank_for("layers.1.self_attn.q_proj", 16) // s · rank = 1 · 32: the common alpha
+    .with_alpha_for("layers.2.mlp.down_proj", 5.0); // s · rank = 10: folded into lora_b
+    attach_adapters(&mut model, &options).unwrap();
+    (base_path, config, model)
+}
+
+/// The adapted SmolLM2 merged into a GGUF file at each matrix type, read back by gralora's GGUF
+/// loader: the same logits as the adapted model within each type's rounding, every metadata key of
+/// the source file carried over with its type and bytes, the tensors the merge does not touch
+/// unchanged, and each matrix exactly the type's encoding of the merged weight (F16: IEEE
+/// rounding; Q8_0: llama.cpp's reference quantiser, checked against the `gguf` package by
+/// `scripts/gguf_check.py` on the files kept with `GRALORA_KEEP_EXPORT=DIR`).
+#[test]
+fn smollm2_merged_into_gguf_reads_back_with_the_merged_logits() {
+    use gralora_models::gguf::GgmlType;
+    use std::collections::HashMap;
+    let Some(dir) = asset("smollm2") else { return };
+    let device = Device::flex();
+    let (base_path, config, model) = smollm2_with_gralora(&dir, &device);
+    let source = GgufFile::open(&base_path).unwrap();
+    let ids: Vec<i64> = vec![504, 3575, 282, 7158, 314, 1345, 28, 216];
+    let run = |m: &Llama| {
+        host(m.forward(
+            Tensor::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device),
+            None,
+        ))
+    };
+    let want = run(&model);
+    let (_, plain) = Llama::from_gguf(GgufFile::open(&base_path).unwrap(), &device).unwrap();
+    let moved = max_abs_diff(&want, &run(&plain));
+    assert!(
+        moved > 1.0,
+        "the adapters must change the logits (by {moved})"
+    );
+    let merged = model.export().unwrap();
+    let scratch = Scratch::new("smollm2-merged-gguf");
+    let keep = std::env::var_os("GRALORA_KEEP_EXPORT").map(PathBuf::from);
+    let out = keep.unwrap_or_else(|| scratch.join("x"));
+    std::fs::create_dir_all(&out).unwrap();
+    // (type, file_type, (max, mean) |logit error| allowed): about twice what was measured.
+    for (ty, file_type, tolerance) in [
+        (GgmlType::F32, 0, (2e-4, 2e-5)),
+        (GgmlType::F16, 1, (0.07, 0.01)),
+        (GgmlType::Q8_0, 7, (2.5, 0.2)),
+    ] {
+        let path = out.join(format!("merged-{}.gguf", format!("{ty:?}").to_lowercase()));
+        let _ = std::fs::remove_file(&path);
+        let written =
+            gralora_models::export::write_merged_gguf(&source, &merged, &config, ty, &path)
+                .unwrap();
+        assert_eq!(written.tensors, source.tensors.len());
+        let file = GgufFile::open(&path).unwrap();
+        // Metadata: every source key, same type and bytes; file type and alignment set anew.
+        let keys: HashMap<&str, (u32, &[u8])> =
+            file.metadata_raw().map(|(k, t, b)| (k, (t, b))).collect();
+        let mut carried = 0;
+        for (k, t, b) in source.metadata_raw() {
+            if k == "general.file_type" || k == "general.alignment" {
+                continue;
+            }
+            assert_eq!(keys.get(k), Some(&(t, b)), "metadata `{k}`");
+            carried += 1;
+        }
+        assert_eq!(written.metadata, carried);
+        assert!(carried > 20, "{carried} keys");
+        assert_eq!(file.meta_u64("general.file_type").unwrap(), file_type);
+        assert_eq!(
+            file.meta("tokenizer.ggml.tokens").unwrap(),
+            source.meta("tokenizer.ggml.tokens").unwrap()
+        );
+        // Tensors: matrices at the type, norms f32 and equal to the source's.
+        let by_hf: HashMap<String, &Vec<f32>> = merged
+            .iter()
+            .map(|(n, _, d)| (gralora_models::gguf::gguf_tensor_name(n).unwrap(), d))
+            .collect();
+        for name in source.tensor_order() {
+            let (t, _) = file.raw_tensor(name).unwrap();
+            let info = &file.tensors[name];
+            assert_eq!(info.shape(), source.tensors[name].shape(), "{name}");
+            if info.ggml_dims.len() == 1 {
+                assert_eq!(t, GgmlType::F32, "{name}");
+                assert_eq!(
+                    file.dequantize(name).unwrap().data,
+                    source.dequantize(name).unwrap().data,
+                    "{name}"
+                );
+            } else {
+                assert_eq!(t, ty, "{name}");
+            }
+        }
+        // One adapted matrix: its stored values are the type's rounding of the merged weight
+        // (q rows in llama.cpp's order: the test's own permutation).
+        let name = "blk.1.attn_q.weight";
+        let w = by_hf[name];
+        let [rows, cols] = source.tensors[name].shape()[..] else {
+            panic!()
+        };
+        let permuted = llama_cpp_permute(w, rows, cols, config.num_attention_heads);
+        let stored = file.dequantize(name).unwrap().data;
+        let mut worst = 0f32;
+        for (r, (row, exact_row)) in stored.chunks(cols).zip(permuted.chunks(cols)).enumerate() {
+            for (c, (v, exact)) in row.iter().zip(exact_row).enumerate() {
+                // Q8_0: half a step of its 32-value block, d = max |x| / 127 (+ d's f16 rounding).
+                let block = &exact_row[c / 32 * 32..(c / 32 + 1) * 32];
+                let d = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                let bound = match ty {
+                    GgmlType::F32 => 0.0,
+                    GgmlType::F16 => exact.abs() / 2048.0 + 6e-8,
+                    _ => d * 0.5 + 127.0 * d / 2048.0,
+                };
+                worst = worst.max((v - exact).abs());
+                assert!(
+                    (v - exact).abs() <= bound * 1.0001,
+                    "{name}[{r}, {c}] as {ty:?}: {v} for {exact}"
+                );
+            }
+        }
+        assert!(ty != GgmlType::F32 || worst == 0.0);
+        // The file runs: logits as the adapted model's.
+        let (_, again) = Llama::from_gguf(file, &device).unwrap();
+        let got = run(&again);
+        let err = max_abs_diff(&want, &got);
+        let mean = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / got.len() as f32;
+        eprintln!(
+            "{ty:?}: |logit error| max {err:.2e}, mean {mean:.2e} (the adapters move logits by up \
+             to {moved:.2})"
+        );
+        assert!(err < tolerance.0, "{ty:?}: max |logit error| {err}");
+        assert!(mean < tolerance.1, "{ty:?}: mean |logit error| {mean}");
+    }
+}
+
+/// GraLoRA on SmolLM2 written as a llama.cpp LoRA adapter (docs/METHODS.md §2 "As a plain
+/// LoRA", crates/gralora-models/src/export.rs): each layer's output computed the way llama.cpp
+/// computes it — the base weight as stored in the GGUF file (q/k rows permuted), plus
+/// `alpha / rank · x Aᵀ Bᵀ` from the adapter file — equals gralora's adapted layer, with its rows
+/// permuted by the converter's rule (an implementation in this test, not the library's).
+/// With `GRALORA_KEEP_EXPORT=DIR` the adapter and the layers' inputs and outputs are kept in DIR
+/// for `scripts/gguf_check.py`, which repeats the check with llama.cpp's `gguf` package.
+#[test]
+fn smollm2_gralora_as_a_llama_cpp_adapter_reproduces_each_layer() {
+    let Some(dir) = asset("smollm2") else { return };
+    let device = Device::flex();
+    let (base_path, config, mut model) = smollm2_with_gralora(&dir, &device);
+    let t = 3;
+    // (layer, module, llama.cpp tensor, heads of its permutation)
+    let probes = [
+        (0, "q", "attn_q", config.num_attention_heads),
+        (1, "q", "attn_q", config.num_attention_heads),
+        (4, "k", "attn_k", config.kv_heads()),
+        (2, "down", "ffn_down", 0),
+    ];
+    let mut kept = Vec::new();
+    for (i, &(l, module, tensor, heads)) in probes.iter().enumerate() {
+        let layer = &model.layers[l];
+        let lin = match module {
+            "q" => &layer.q_proj,
+            "k" => &layer.k_proj,
+            _ => &layer.down_proj,
+        };
+        let (d_in, d_out) = lin.dims();
+        let x = Rng::new(40 + i as u64).vec(t * d_in);
+        let y = host(lin.forward(common::tensor(&x, [1, t, d_in], &device)));
+        kept.push((l, tensor, heads, d_in, d_out, x, y));
+    }
+    let (bytes, summary) = gralora_models::export::gguf_lora_bytes(&mut model, &config).unwrap();
+    let n_layers = config.num_hidden_layers;
+    assert_eq!(summary.layers, 3 * n_layers);
+    assert_eq!(summary.alpha, 32.0);
+    assert_eq!(summary.folded, 1);
+    let scratch = Scratch::new("smollm2-gguf-lora");
+    let keep = std::env::var_os("GRALORA_KEEP_EXPORT").map(PathBuf::from);
+    let out = keep.clone().unwrap_or_else(|| scratch.join("x"));
+    std::fs::create_dir_all(&out).unwrap();
+    let path = out.join("adapter.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    if keep.is_some() {
+        // The same adapter as PEFT files, for `gralora infer` beside llama.cpp
+        // (scripts/gguf_check.py --llama-cpp).
+        gralora::save_peft(&mut model, out.join("peft"), Some("smollm2")).unwrap();
+    }
+
+    let adapter = GgufFile::open(&path).unwrap();
+    let base = GgufFile::open(&base_path).unwrap();
+    assert_eq!(adapter.meta_str("general.architecture").unwrap(), "llama");
+    assert_eq!(adapter.meta_str("general.type").unwrap(), "adapter");
+    assert_eq!(adapter.meta_str("adapter.type").unwrap(), "lora");
+    assert_eq!(adapter.tensors.len(), 2 * 3 * n_layers);
+    let alpha = adapter.meta_f64("adapter.lora.alpha").unwrap();
+    let mut record = Vec::new();
+    for (l, tensor, heads, d_in, d_out, x, y) in kept {
+        let name = format!("blk.{l}.{tensor}.weight");
+        let w = base.dequantize(&name).unwrap(); // [out, in] as llama.cpp holds it
+        let a = adapter.dequantize(&format!("{name}.lora_a")).unwrap();
+        let b = adapter.dequantize(&format!("{name}.lora_b")).unwrap();
+        let rank = a.shape[0];
+        assert_eq!(a.shape, [rank, d_in], "{name}.lora_a");
+        assert_eq!(b.shape, [d_out, rank], "{name}.lora_b");
+        let s = alpha / rank as f64;
+        let mut y_cpp = vec![0f32; t * d_out]; // [t, out], llama.cpp's row order
+        let mut delta_max = 0f64;
+        for ti in 0..t {
+            let xt = &x[ti * d_in..(ti + 1) * d_in];
+            let h: Vec<f64> = (0..rank)
+                .map(|r| {
+                    (0..d_in)
+                        .map(|i| xt[i] as f64 * a.data[r * d_in + i] as f64)
+                        .sum()
+                })
+                .collect();
+            for o in 0..d_out {
+                let base_term: f64 = (0..d_in)
+                    .map(|i| xt[i] as f64 * w.data[o * d_in + i] as f64)
+                    .sum();
+                let delta: f64 = s
+                    * (0..rank)
+                        .map(|r| h[r] * b.data[o * rank + r] as f64)
+                        .sum::<f64>();
+                delta_max = delta_max.max(delta.abs());
+                y_cpp[ti * d_out + o] = (base_term + delta) as f32;
+            }
+        }
+        // gralora's output in llama.cpp's row order: permute the output features.
+        let mut y_ours = y.clone();
+        if heads > 0 {
+            let yt: Vec<f32> = (0..d_out * t).map(|k| y[(k % t) * d_out + k / t]).collect();
+            let p = llama_cpp_permute(&yt, d_out, t, heads);
+            y_ours = (0..t * d_out)
+                .map(|k| p[(k % d_out) * t + k / d_out])
+                .collect();
+        }
+        let scale = y_cpp.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = max_abs_diff(&y_ours, &y_cpp) / scale;
+        assert!(err < 1e-5, "{name}: relative error {err}");
+        assert!(
+            delta_max > 1e-2 * scale as f64,
+            "{name}: the adapter must change the output"
+        );
+        record.push(serde_json::json!({
+            "tensor": name, "tokens": t, "x": x, "y": y_ours,
+        }));
+    }
+    if keep.is_some() {
+        let text = serde_json::to_string(&serde_json::json!({
+            "base": base_path, "layers": record,
+        }))
+        .unwrap();
+        std::fs::write(out.join("layers.json"), text).unwrap();
+    }
+}
+
 /// erf in f64 by Simpson's rule on 2/√π·e^(−t²) over [0, x] (4,000 intervals: error under 1e-9
 /// for |x| ≤ 6), independent of every erf under test.
 fn erf_f64(x: f64) -> f64 {

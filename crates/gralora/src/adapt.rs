@@ -113,6 +113,33 @@ pub fn attach_adapters<M: AdapterHost>(
     Ok(report(&linears, &plan))
 }
 
+/// Replace every GraLoRA adapter of a model by the plain LoRA pair of rank `k·r + hybrid_r` that
+/// computes the same update ([`GraLoraAdapter::to_lora`](crate::GraLoraAdapter::to_lora)), so
+/// that [`save_peft`](crate::save_peft) writes a `LORA` directory any LoRA runtime reads. LoRA
+/// adapters stay as they are. Returns the number of layers converted; on error none is.
+pub fn convert_to_lora<M: AdapterHost>(model: &mut M) -> Result<usize, AdapterError> {
+    let mut converted = HashMap::new();
+    let mut result = Ok(());
+    model.for_each_linear_mut(&mut |path, layer| {
+        if let (Some(Adapter::GraLora(g)), Ok(())) = (&layer.adapter, &result) {
+            match g.to_lora() {
+                Ok(lora) => {
+                    converted.insert(path.to_string(), lora);
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+    });
+    result?;
+    let n = converted.len();
+    model.for_each_linear_mut(&mut |path, layer| {
+        if let Some(lora) = converted.remove(path) {
+            layer.adapter = Some(Adapter::Lora(lora));
+        }
+    });
+    Ok(n)
+}
+
 fn report(linears: &[LinearInfo], plan: &HashMap<String, AdapterConfig>) -> AdaptReport {
     AdaptReport {
         layers: linears

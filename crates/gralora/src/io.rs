@@ -71,10 +71,14 @@ pub fn replace_with(
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{stem}."))
-        .suffix(&ext)
-        .tempfile_in(dir)?;
+    let prefix = format!(".{stem}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(&ext);
+    // A temporary file is private (0600); the file it becomes gets the mode any new file gets
+    // (0666 less the umask), like one `File::create` makes.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = builder.tempfile_in(dir)?;
     write(tmp.path())?;
     // `write` may have written through its own handle: fsync is per file, so any handle does.
     tmp.as_file().sync_all()?;
@@ -93,4 +97,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Little-endian f32 bytes (for safetensors views).
 pub fn f32_bytes(data: &[f32]) -> Vec<u8> {
     data.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_file_has_the_mode_of_a_created_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let atomic = dir.path().join("atomic.json");
+        super::write_atomic(&atomic, b"{}").unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&atomic), mode(&plain));
+        assert_eq!(std::fs::read(&atomic).unwrap(), b"{}");
+    }
 }

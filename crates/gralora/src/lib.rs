@@ -31,7 +31,9 @@ pub mod ops;
 pub mod peft;
 mod targets;
 
-pub use adapt::{AdaptReport, AdaptedLayer, DenseAdapter, adapt, attach_adapters, linear_layers};
+pub use adapt::{
+    AdaptReport, AdaptedLayer, DenseAdapter, adapt, attach_adapters, convert_to_lora, linear_layers,
+};
 pub use adapted_linear::{AdaptedLinear, AdapterHost, InputProbe, InputStats};
 pub use adapter::Adapter;
 pub use config::{AdapterConfig, GraLoraConfig, Init, LoraConfig, recommended_k};

@@ -4,6 +4,7 @@
 //! seeded loader, mid-epoch checkpoints and exact resume, the loss guard, and GoRA's gradient
 //! measurement.
 
+pub mod card;
 mod checkpoint;
 mod config;
 mod fit;

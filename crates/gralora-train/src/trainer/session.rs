@@ -312,6 +312,16 @@ impl Session<'_> {
             resumed_from_batch: resumed_from.map(|p| p.batches_done(batches_per_epoch)),
             seed: config.seed,
         };
+        // A decoder's workloads adapt the decoder's linears by default.
+        let decoder = workload.default_targets() == super::config::DECODER_TARGETS;
+        let card = super::card::model_card(
+            super::card::CardKind::Trained,
+            &config.model,
+            Some(config),
+            Some(&metrics),
+            decoder,
+        );
+        super::card::write_card(&self.dir.0, &card)?;
         write_json(&self.dir.metrics(), &metrics)?;
         Ok((metrics, trained))
     }

@@ -4,9 +4,10 @@
 //! `B_nj = B[j][n·rb..(n+1)·rb, :]`, and `ΔW[n-block, j-block] = s · A_nj B_nj`.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::{GraLoraConfig, Init};
+use crate::error::AdapterError;
 use crate::init::{kaiming_uniform, param};
 use crate::methods::lora::LoraAdapter;
 
@@ -158,5 +159,56 @@ impl GraLoraAdapter {
             Some(g) => delta + g.delta_weight(),
             None => delta,
         }
+    }
+
+    /// The same update as one plain LoRA pair of rank `k·r + hybrid_r` (docs/METHODS.md §2,
+    /// "As a plain LoRA"): `A' [in, k·r + hr]` holds each `A[n]` block-diagonally (rows of input
+    /// block n, columns `n·r .. (n+1)·r`), then `A_g`; `B' [k·r + hr, out]` holds `B_nj` at rows
+    /// `n·r + j·rb ..` and the columns of output block j, then `B_g`. Only the sub-adapter (n, j)
+    /// meets block (n, j) of `A' B'`, so `s · A' B'` is `ΔW`: the factors are copied, not
+    /// multiplied, and the pair is exact (a hybrid pair with its own scale is folded into `B_g`).
+    /// Reads the factors to the host and builds the pair on the adapter's device.
+    pub fn to_lora(&self) -> Result<LoraAdapter, AdapterError> {
+        let (k, ib, r, ob) = self.dims();
+        let rb = r / k;
+        let (d_in, d_out) = (k * ib, k * ob);
+        let hr = self.general.as_ref().map_or(0, LoraAdapter::rank);
+        let rank = k * r + hr;
+        let a = crate::io::read_f32(self.a.val())?; // [k, ib, r]
+        let b = crate::io::read_f32(self.b.val())?; // [k, r, ob]
+        let mut a2 = vec![0f32; d_in * rank];
+        for n in 0..k {
+            for i in 0..ib {
+                let row = (n * ib + i) * rank + n * r;
+                a2[row..row + r].copy_from_slice(&a[(n * ib + i) * r..(n * ib + i + 1) * r]);
+            }
+        }
+        let mut b2 = vec![0f32; rank * d_out];
+        for j in 0..k {
+            for n in 0..k {
+                for t in 0..rb {
+                    let dst = (n * r + j * rb + t) * d_out + j * ob;
+                    let src = (j * r + n * rb + t) * ob;
+                    b2[dst..dst + ob].copy_from_slice(&b[src..src + ob]);
+                }
+            }
+        }
+        if let Some(g) = &self.general {
+            let ga = crate::io::read_f32(g.a.val())?; // [in, hr]
+            let gb = crate::io::read_f32(g.b.val())?; // [hr, out]
+            for i in 0..d_in {
+                a2[i * rank + k * r..(i + 1) * rank].copy_from_slice(&ga[i * hr..(i + 1) * hr]);
+            }
+            let fold = (g.scale / self.scale) as f32;
+            for (dst, src) in b2[k * r * d_out..].iter_mut().zip(&gb) {
+                *dst = if fold == 1.0 { *src } else { src * fold };
+            }
+        }
+        let device = self.a.val().device();
+        Ok(LoraAdapter::from_tensors(
+            Tensor::from_data(TensorData::new(a2, [d_in, rank]), &device),
+            Tensor::from_data(TensorData::new(b2, [rank, d_out]), &device),
+            self.scale,
+        ))
     }
 }

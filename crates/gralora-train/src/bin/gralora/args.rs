@@ -103,6 +103,9 @@ pub enum Command {
     Infer(InferArgs),
     /// Merge a PEFT adapter into a model and write a Hugging Face snapshot directory.
     Merge(MergeArgs),
+    /// Write a trained adapter for other runtimes: GraLoRA as an exact plain LoRA (PEFT, vLLM,
+    /// TGI), or a llama.cpp LoRA adapter (GGUF).
+    Export(ExportArgs),
     /// Fine-tune a model on a task (fetches what it needs) and report the evaluation metric.
     Train(TrainArgs),
     /// Evaluate a model with a trained adapter and head on a task.
@@ -473,9 +476,64 @@ pub struct MergeArgs {
     /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub adapter: PathBuf,
-    /// New directory for the merged snapshot (model.safetensors, config.json, tokenizer).
+    /// New directory for the merged snapshot (model.safetensors, config.json, tokenizer), or
+    /// new file with --format gguf.
     #[arg(long)]
     pub out: PathBuf,
+    /// What to write: a Hugging Face snapshot, or a GGUF file llama.cpp runs (a decoder loaded
+    /// from a .gguf; its metadata and tokenizer are carried over).
+    #[arg(long, value_enum, default_value = "snapshot")]
+    pub format: MergeFormat,
+    /// The GGUF file's matrix type (with --format gguf; norms stay f32).
+    #[arg(long = "type", value_enum)]
+    pub ty: Option<GgufType>,
+}
+
+/// What `gralora merge` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MergeFormat {
+    /// A Hugging Face snapshot directory.
+    Snapshot,
+    /// One GGUF file.
+    Gguf,
+}
+
+/// Matrix types of a merged GGUF file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GgufType {
+    /// 32-bit floats: the merged weights exactly.
+    F32,
+    /// 16-bit floats (the default).
+    F16,
+    /// llama.cpp's 8-bit blocks (32 values and one f16 scale).
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+/// What `gralora export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// A PEFT LoRA directory: GraLoRA as a LoRA of rank k·r + hybrid_r per layer, exact.
+    Lora,
+    /// A llama.cpp LoRA adapter file, `adapter.gguf` (Llama-family decoders).
+    GgufLora,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A `gralora train` output directory (or any PEFT adapter directory).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The format to write.
+    #[arg(long, value_enum)]
+    pub to: ExportFormat,
+    /// New directory for the export (the adapter, the run's head and labels, a model card).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The base model (an alias, a Hugging Face snapshot directory, or a .gguf file); default:
+    /// the one the run was trained on.
+    #[arg(long)]
+    pub model: Option<String>,
 }
 
 #[derive(Args)]

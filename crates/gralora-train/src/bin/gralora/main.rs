@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         Command::Fetch(args) => commands::fetch::run(args),
         Command::Infer(args) => commands::infer::run(args),
         Command::Merge(args) => commands::merge::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(BenchCommand::Step(args)) => commands::bench::step(args),

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod eval;
 pub mod experiment;
+pub mod export;
 pub mod fetch;
 pub mod infer;
 pub mod merge;
