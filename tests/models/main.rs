@@ -8,6 +8,7 @@
 mod asset_cache;
 #[path = "../common/mod.rs"]
 mod common;
+mod families;
 mod fuzz;
 #[path = "../common/fuzz.rs"]
 mod fuzz_support;

@@ -42,7 +42,19 @@ pub struct BertConfig {
     /// Dropout on attention probabilities (training only).
     #[serde(default = "p01")]
     pub attention_probs_dropout_prob: f64,
+    /// `bert`, or a RoBERTa type (`roberta`, `xlm-roberta`, `camembert`).
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// The padding token (RoBERTa numbers positions after it).
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
+    /// Class names (`RobertaModel`, ...), the family when `model_type` is absent.
+    #[serde(default)]
+    pub architectures: Vec<String>,
 }
+
+/// The encoder families a `config.json` may name; the last three are RoBERTa's.
+pub const ENCODER_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert"];
 
 fn two() -> usize {
     2
@@ -58,6 +70,30 @@ fn p01() -> f64 {
 }
 
 impl BertConfig {
+    /// RoBERTa's padding index, when this is a RoBERTa: its positions are numbered from
+    /// `pad + 1` over the non-padding tokens (transformers' `create_position_ids_from_input_ids`),
+    /// padding sits at position `pad`.
+    pub fn roberta_pad(&self) -> Option<usize> {
+        matches!(self.family(), "roberta" | "xlm-roberta" | "camembert")
+            .then(|| self.pad_token_id.unwrap_or(1))
+    }
+
+    /// `model_type`, else the family its class name says, else `bert`.
+    pub fn family(&self) -> &str {
+        if let Some(t) = &self.model_type {
+            return t;
+        }
+        let arch = self.architectures.first().map_or("", String::as_str);
+        [
+            ("XLMRoberta", "xlm-roberta"),
+            ("Roberta", "roberta"),
+            ("Camembert", "camembert"),
+        ]
+        .iter()
+        .find(|(prefix, _)| arch.starts_with(prefix))
+        .map_or("bert", |(_, t)| t)
+    }
+
     /// Read and check a `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -69,6 +105,27 @@ impl BertConfig {
     }
 
     fn check(&self, path: &Path) -> Result<()> {
+        let family = self.family();
+        if !ENCODER_TYPES.contains(&family) {
+            return Err(ModelError::config(
+                path,
+                format!(
+                    "model_type `{family}` is not a supported encoder ({} are)",
+                    ENCODER_TYPES.join(", ")
+                ),
+            ));
+        }
+        if let Some(pad) = self.roberta_pad()
+            && pad + 2 > self.max_position_embeddings
+        {
+            return Err(ModelError::config(
+                path,
+                format!(
+                    "max_position_embeddings {} leaves no position after the padding index {pad}",
+                    self.max_position_embeddings
+                ),
+            ));
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
@@ -185,6 +242,8 @@ pub struct Bert {
     pub layers: Vec<BertLayer>,
     /// Longest sequence the position table allows.
     pub max_len: usize,
+    /// RoBERTa's padding index ([`BertConfig::roberta_pad`]); `None` for BERT.
+    pub roberta_pad: Option<usize>,
 }
 
 /// A batch of tokenised texts, padded to one length.
@@ -250,6 +309,12 @@ impl Bert {
                 .is_some()
         {
             loader = loader.with_prefix("bert.");
+        } else if !loader.has("embeddings.word_embeddings.weight")
+            && weights
+                .shape("roberta.embeddings.word_embeddings.weight")
+                .is_some()
+        {
+            loader = loader.with_prefix("roberta.");
         }
         let c = config;
         let (d, eps) = (c.hidden_size, c.layer_norm_eps);
@@ -289,7 +354,9 @@ impl Bert {
             embed_norm: loader.layer_norm("embeddings.LayerNorm", d, eps)?,
             dropout: DropoutConfig::new(c.hidden_dropout_prob).init(),
             layers,
-            max_len: c.max_position_embeddings,
+            // RoBERTa spends `pad + 1` rows of its table before the first token.
+            max_len: c.max_position_embeddings - c.roberta_pad().map_or(0, |p| p + 1),
+            roberta_pad: c.roberta_pad(),
         };
         Ok(model.no_grad())
     }
@@ -358,9 +425,16 @@ impl Bert {
     pub fn forward(&self, input: &BertInput) -> Tensor<3> {
         let [b, t] = input.ids.dims();
         let device = input.ids.device();
-        let positions = Tensor::<1, Int>::arange(0..t as i64, &device)
-            .reshape([1, t])
-            .expand([b, t]);
+        let positions = match self.roberta_pad {
+            None => Tensor::<1, Int>::arange(0..t as i64, &device)
+                .reshape([1, t])
+                .expand([b, t]),
+            Some(pad) => {
+                // Non-padding tokens count up from pad + 1; padding sits at pad.
+                let real = input.ids.clone().not_equal_elem(pad as i64).int();
+                real.clone().cumsum(1) * real + pad as i64
+            }
+        };
         let x = self.word_embeddings.forward(input.ids.clone())
             + self.position_embeddings.forward(positions)
             + self.token_type_embeddings.forward(input.type_ids.clone());

@@ -51,6 +51,94 @@ pub struct LlamaConfig {
     /// Whether the output projection is the embedding table.
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// `llama`, `mistral`, `qwen2` or `qwen3` (absent: from `architectures`, else `llama`).
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// Class names (`Qwen2ForCausalLM`, ...).
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// Bias on q, k and v (Llama's `attention_bias`; Qwen2 always has it).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Bias in the MLP (not supported: refused).
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// The MLP's activation (only `silu`).
+    #[serde(default = "silu_name")]
+    pub hidden_act: String,
+    /// RoPE's frequency rescaling (`rope_scaling`, or transformers 5's `rope_parameters`).
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Per-frequency divisors of a GGUF file's `rope_freqs.weight` (llama.cpp's form of Llama
+    /// 3's rescaling).
+    #[serde(skip)]
+    pub rope_freq_factors: Option<Vec<f64>>,
+}
+
+/// RoPE frequency rescaling, as transformers' `rope_scaling`: `default` (none), `linear`
+/// (every frequency / `factor`) and `llama3` (Llama 3.1+: low frequencies / `factor`, high ones
+/// kept, a smooth blend between).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+pub struct RopeScaling {
+    /// `default`, `linear` or `llama3`.
+    pub rope_type: String,
+    /// The rescaling factor.
+    #[serde(default = "one")]
+    pub factor: f64,
+    /// `llama3`: wavelengths above `original_max_position_embeddings / low_freq_factor` are
+    /// divided by `factor`.
+    #[serde(default = "one")]
+    pub low_freq_factor: f64,
+    /// `llama3`: wavelengths below `original_max_position_embeddings / high_freq_factor` stay.
+    #[serde(default = "four")]
+    pub high_freq_factor: f64,
+    /// `llama3`: the context length the model was pre-trained at.
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn four() -> f64 {
+    4.0
+}
+fn silu_name() -> String {
+    "silu".into()
+}
+
+/// The decoder families a `config.json` may name.
+pub const DECODER_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+/// transformers 5 writes `rope_theta` and the rescaling inside `rope_parameters`, older versions
+/// at the top level (the rescaling as `rope_scaling`, its kind as `type` or `rope_type`): one form.
+fn normalise_rope(config: &mut serde_json::Value) {
+    let Some(obj) = config.as_object_mut() else {
+        return;
+    };
+    if let Some(params) = obj
+        .get("rope_parameters")
+        .cloned()
+        .filter(|p| p.is_object())
+    {
+        if !obj.contains_key("rope_theta")
+            && let Some(t) = params.get("rope_theta")
+        {
+            obj.insert("rope_theta".into(), t.clone());
+        }
+        if obj.get("rope_scaling").is_none_or(|s| s.is_null()) {
+            obj.insert("rope_scaling".into(), params);
+        }
+    }
+    if let Some(s) = obj.get_mut("rope_scaling").and_then(|s| s.as_object_mut()) {
+        let kind = s.remove("type");
+        if !s.contains_key("rope_type")
+            && let Some(k) = kind
+        {
+            s.insert("rope_type".into(), k);
+        }
+        s.remove("rope_theta");
+    }
 }
 
 fn rms_eps() -> f64 {
@@ -81,12 +169,71 @@ impl LlamaConfig {
             "rope_theta": self.rope_theta,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
+            "rope_scaling": self.rope_scaling,
             "attention_bias": false,
             "mlp_bias": false,
             "bos_token_id": bos,
             "eos_token_id": eos.first(),
             "torch_dtype": "float32",
         })
+    }
+
+    /// The family (`llama` when the config names none).
+    pub fn family(&self) -> &str {
+        if let Some(t) = &self.model_type {
+            return t;
+        }
+        let arch = self.architectures.first().map_or("", String::as_str);
+        [
+            ("Mistral", "mistral"),
+            ("Qwen2", "qwen2"),
+            ("Qwen3", "qwen3"),
+        ]
+        .iter()
+        .find(|(prefix, _)| arch.starts_with(prefix))
+        .map_or("llama", |(_, t)| t)
+    }
+    /// Whether q, k and v have a bias (Qwen2, or `attention_bias`).
+    pub fn qkv_bias(&self) -> bool {
+        self.attention_bias || self.family() == "qwen2"
+    }
+    /// Whether q and k get a per-head RMSNorm before RoPE (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.family() == "qwen3"
+    }
+
+    /// RoPE's inverse frequencies `[head_dim / 2]`, rescaled as the config says (transformers'
+    /// `_compute_default_rope_parameters`, `_compute_linear_scaling_rope_parameters`,
+    /// `_compute_llama3_parameters`).
+    pub fn inv_freq(&self) -> Vec<f64> {
+        let hd = self.head_dim();
+        let mut f: Vec<f64> = (0..hd / 2)
+            .map(|i| self.rope_theta.powf(-(2.0 * i as f64) / hd as f64))
+            .collect();
+        if let Some(s) = &self.rope_scaling {
+            match s.rope_type.as_str() {
+                "linear" => f.iter_mut().for_each(|x| *x /= s.factor),
+                "llama3" => {
+                    let old = s.original_max_position_embeddings.unwrap_or(8192) as f64;
+                    let (low_wl, high_wl) = (old / s.low_freq_factor, old / s.high_freq_factor);
+                    for x in &mut f {
+                        let wl = 2.0 * std::f64::consts::PI / *x;
+                        if wl > low_wl {
+                            *x /= s.factor;
+                        } else if wl >= high_wl {
+                            let smooth = (old / wl - s.low_freq_factor)
+                                / (s.high_freq_factor - s.low_freq_factor);
+                            *x = (1.0 - smooth) * *x / s.factor + smooth * *x;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(factors) = &self.rope_freq_factors {
+            f.iter_mut().zip(factors).for_each(|(x, d)| *x /= d);
+        }
+        f
     }
 
     /// Key/value heads.
@@ -103,7 +250,10 @@ impl LlamaConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let config: Self = serde_json::from_str(&text)
+        let mut value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::config(path, format!("not JSON: {e}")))?;
+        normalise_rope(&mut value);
+        let config: Self = serde_json::from_value(value)
             .map_err(|e| ModelError::config(path, format!("not a Llama config: {e}")))?;
         config.check(path)?;
         Ok(config)
@@ -139,6 +289,32 @@ impl LlamaConfig {
             rope_theta: file.meta_f64("llama.rope.freq_base").unwrap_or(10000.0),
             max_position_embeddings: u("context_length").unwrap_or(2048),
             tie_word_embeddings: !file.tensors.contains_key("output.weight"),
+            model_type: None,
+            architectures: Vec::new(),
+            attention_bias: false,
+            mlp_bias: false,
+            hidden_act: silu_name(),
+            rope_scaling: match file.metadata.get("llama.rope.scaling.type") {
+                Some(t) if t.as_str() != Some("none") => Some(RopeScaling {
+                    rope_type: t.as_str().unwrap_or("?").to_string(),
+                    factor: file.meta_f64("llama.rope.scaling.factor").unwrap_or(1.0),
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: None,
+                }),
+                _ => None,
+            },
+            // Llama 3's rescaling, as llama.cpp stores it: divisors of each frequency.
+            rope_freq_factors: match file.tensors.contains_key("rope_freqs.weight") {
+                true => Some(
+                    file.dequantize("rope_freqs.weight")?
+                        .data
+                        .iter()
+                        .map(|&v| v as f64)
+                        .collect(),
+                ),
+                false => None,
+            },
         };
         config.check(file.path())?;
         Ok(config)
@@ -164,6 +340,66 @@ impl LlamaConfig {
                     format!("{field} {v} must be a positive number"),
                 ));
             }
+        }
+        if !DECODER_TYPES.contains(&self.family()) {
+            return Err(ModelError::config(
+                path,
+                format!(
+                    "model_type `{}` is not a supported decoder ({} are)",
+                    self.family(),
+                    DECODER_TYPES.join(", ")
+                ),
+            ));
+        }
+        if self.mlp_bias {
+            return Err(ModelError::config(
+                path,
+                "mlp_bias = true is not supported (Llama-family MLPs without bias are)",
+            ));
+        }
+        if self.hidden_act != "silu" {
+            return Err(ModelError::config(
+                path,
+                format!(
+                    "hidden_act `{}` is not supported (the Llama family's silu is)",
+                    self.hidden_act
+                ),
+            ));
+        }
+        if let Some(s) = &self.rope_scaling {
+            if !["default", "linear", "llama3"].contains(&s.rope_type.as_str()) {
+                return Err(ModelError::config(
+                    path,
+                    format!(
+                        "rope_scaling type `{}` is not supported (default, linear and llama3 are)",
+                        s.rope_type
+                    ),
+                ));
+            }
+            let bad = !(s.factor.is_finite() && s.factor > 0.0)
+                || (s.rope_type == "llama3"
+                    && (s.high_freq_factor - s.low_freq_factor).partial_cmp(&0.0)
+                        != Some(std::cmp::Ordering::Greater));
+            if bad {
+                return Err(ModelError::config(
+                    path,
+                    format!(
+                        "rope_scaling: factor {} must be positive (and high_freq_factor {} above low_freq_factor {} for llama3)",
+                        s.factor, s.high_freq_factor, s.low_freq_factor
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = &self.rope_freq_factors
+            && (f.len() != self.head_dim() / 2 || f.iter().any(|v| !(v.is_finite() && *v > 0.0)))
+        {
+            return Err(ModelError::config(
+                path,
+                format!(
+                    "rope_freqs.weight must hold {} positive numbers (head_dim / 2)",
+                    self.head_dim() / 2
+                ),
+            ));
         }
         if !self.head_dim().is_multiple_of(2) || self.head_dim() == 0 {
             return Err(ModelError::config(
@@ -191,6 +427,10 @@ pub struct LlamaLayer {
     pub v_proj: AdaptedLinear,
     /// `self_attn.o_proj`.
     pub o_proj: AdaptedLinear,
+    /// `self_attn.q_norm` (Qwen3): RMSNorm over each head of q before RoPE.
+    pub q_norm: Option<RmsNorm>,
+    /// `self_attn.k_norm` (Qwen3).
+    pub k_norm: Option<RmsNorm>,
     /// `post_attention_layernorm`.
     pub post_norm: RmsNorm,
     /// `mlp.gate_proj`.
@@ -240,8 +480,8 @@ pub struct Llama {
     pub n_kv_heads: usize,
     /// Per-head size.
     pub head_dim: usize,
-    /// Rotary base.
-    pub rope_theta: f64,
+    /// RoPE's inverse frequencies `[head_dim / 2]` ([`LlamaConfig::inv_freq`]).
+    pub inv_freq: Vec<f64>,
     /// Context length.
     pub max_len: usize,
 }
@@ -261,18 +501,27 @@ impl Llama {
         let c = config;
         let (d, hd, eps) = (c.hidden_size, c.head_dim(), c.rms_norm_eps);
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.kv_heads() * hd);
-        let adapted = |name: String, i: usize, o: usize| -> Result<AdaptedLinear> {
-            Ok(AdaptedLinear::new(loader.linear(&name, i, o, false)?))
+        let adapted_b = |name: String, i: usize, o: usize, bias: bool| -> Result<AdaptedLinear> {
+            Ok(AdaptedLinear::new(loader.linear(&name, i, o, bias)?))
+        };
+        let adapted = |name: String, i: usize, o: usize| adapted_b(name, i, o, false);
+        let qkv_bias = c.qkv_bias();
+        let head_norm = |name: String| -> Result<Option<RmsNorm>> {
+            c.qk_norm()
+                .then(|| rms(&loader, &name, hd, eps))
+                .transpose()
         };
         let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
             let p = format!("model.layers.{l}");
             layers.push(LlamaLayer {
                 input_norm: rms(&loader, &format!("{p}.input_layernorm"), d, eps)?,
-                q_proj: adapted(format!("{p}.self_attn.q_proj"), d, q_out)?,
-                k_proj: adapted(format!("{p}.self_attn.k_proj"), d, kv_out)?,
-                v_proj: adapted(format!("{p}.self_attn.v_proj"), d, kv_out)?,
+                q_proj: adapted_b(format!("{p}.self_attn.q_proj"), d, q_out, qkv_bias)?,
+                k_proj: adapted_b(format!("{p}.self_attn.k_proj"), d, kv_out, qkv_bias)?,
+                v_proj: adapted_b(format!("{p}.self_attn.v_proj"), d, kv_out, qkv_bias)?,
                 o_proj: adapted(format!("{p}.self_attn.o_proj"), q_out, d)?,
+                q_norm: head_norm(format!("{p}.self_attn.q_norm"))?,
+                k_norm: head_norm(format!("{p}.self_attn.k_norm"))?,
                 post_norm: rms(&loader, &format!("{p}.post_attention_layernorm"), d, eps)?,
                 gate_proj: adapted(format!("{p}.mlp.gate_proj"), d, c.intermediate_size)?,
                 up_proj: adapted(format!("{p}.mlp.up_proj"), d, c.intermediate_size)?,
@@ -292,7 +541,7 @@ impl Llama {
             n_heads: c.num_attention_heads,
             n_kv_heads: c.kv_heads(),
             head_dim: hd,
-            rope_theta: c.rope_theta,
+            inv_freq: c.inv_freq(),
             max_len: c.max_position_embeddings,
         };
         Ok(model.no_grad())
@@ -328,6 +577,11 @@ impl Llama {
             export_linear(&mut out, &format!("{p}.self_attn.k_proj"), &layer.k_proj)?;
             export_linear(&mut out, &format!("{p}.self_attn.v_proj"), &layer.v_proj)?;
             export_linear(&mut out, &format!("{p}.self_attn.o_proj"), &layer.o_proj)?;
+            for (name, norm) in [("q_norm", &layer.q_norm), ("k_norm", &layer.k_norm)] {
+                if let Some(n) = norm {
+                    export_rms_norm(&mut out, &format!("{p}.self_attn.{name}"), n)?;
+                }
+            }
             export_rms_norm(
                 &mut out,
                 &format!("{p}.post_attention_layernorm"),
@@ -364,7 +618,7 @@ impl Llama {
         let mut sin = vec![0f32; n * hd];
         for (p, &pos) in positions.iter().enumerate() {
             for i in 0..half {
-                let inv = self.rope_theta.powf(-(2.0 * i as f64) / hd as f64);
+                let inv = self.inv_freq[i];
                 let angle = pos as f64 * inv;
                 let (s, c) = angle.sin_cos();
                 for j in [i, i + half] {
@@ -478,16 +732,20 @@ impl Llama {
         }
         for (l, layer) in self.layers.iter().enumerate() {
             let y = layer.input_norm.forward(x.clone());
-            let q = layer
-                .q_proj
-                .forward(y.clone())
-                .reshape([b, t, h, hd])
-                .swap_dims(1, 2);
-            let k = layer
-                .k_proj
-                .forward(y.clone())
-                .reshape([b, t, kv, hd])
-                .swap_dims(1, 2);
+            let head_norm = |z: Tensor<4>, norm: &Option<RmsNorm>| match norm {
+                Some(n) => n.forward(z),
+                None => z,
+            };
+            let q = head_norm(
+                layer.q_proj.forward(y.clone()).reshape([b, t, h, hd]),
+                &layer.q_norm,
+            )
+            .swap_dims(1, 2);
+            let k = head_norm(
+                layer.k_proj.forward(y.clone()).reshape([b, t, kv, hd]),
+                &layer.k_norm,
+            )
+            .swap_dims(1, 2);
             let v = layer
                 .v_proj
                 .forward(y)

@@ -144,35 +144,51 @@ impl LoadedModel {
                     .map_err(|e| ModelError::io(&config_path, e))?;
                 let probe: Probe = serde_json::from_str(&text)
                     .map_err(|e| ModelError::config(&config_path, format!("not JSON: {e}")))?;
-                let kind = probe
-                    .model_type
-                    .clone()
-                    .or_else(|| probe.architectures.first().cloned())
-                    .unwrap_or_default()
-                    .to_ascii_lowercase();
+                let kind = probe.model_type.clone().unwrap_or_else(|| {
+                    // No model_type: the class name (`BertModel`, `LlamaForCausalLM`, ...).
+                    let arch = probe.architectures.first().map_or("", String::as_str);
+                    let known = [
+                        ("XLMRoberta", "xlm-roberta"),
+                        ("Roberta", "roberta"),
+                        ("Camembert", "camembert"),
+                        ("Bert", "bert"),
+                        ("Llama", "llama"),
+                        ("Mistral", "mistral"),
+                        ("Qwen2", "qwen2"),
+                        ("Qwen3", "qwen3"),
+                    ];
+                    known
+                        .iter()
+                        .find(|(prefix, _)| arch.starts_with(prefix))
+                        .map_or(arch.to_ascii_lowercase(), |(_, t)| t.to_string())
+                });
+                let encoder = crate::bert::ENCODER_TYPES.contains(&kind.as_str());
+                if !encoder && !crate::llama::DECODER_TYPES.contains(&kind.as_str()) {
+                    return Err(ModelError::config(
+                        &config_path,
+                        format!(
+                            "model_type `{kind}` is not supported (encoders: {}; decoders: {})",
+                            crate::bert::ENCODER_TYPES.join(", "),
+                            crate::llama::DECODER_TYPES.join(", ")
+                        ),
+                    ));
+                }
                 let mut tokenizer = TextTokenizer::from_file(dir.join("tokenizer.json"))?;
                 tokenizer.chat_template = ChatTemplate::from_hf_dir(dir)?;
-                if kind.contains("bert") {
+                if encoder {
                     let (config, model) = Bert::from_dir(dir, device)?;
                     Self::Encoder {
                         config,
                         model,
                         tokenizer,
                     }
-                } else if kind.contains("llama") || kind.contains("mistral") {
+                } else {
                     let (config, model) = Llama::from_dir(dir, device)?;
                     Self::Decoder {
                         config,
                         model,
                         tokenizer,
                     }
-                } else {
-                    return Err(ModelError::config(
-                        &config_path,
-                        format!(
-                            "model_type `{kind}` is not supported (BERT-family encoders and Llama-family decoders are)"
-                        ),
-                    ));
                 }
             }
         };
@@ -286,7 +302,10 @@ impl LoadedModel {
                     .tensors()
                     .into_iter()
                     .filter(|(name, _)| {
-                        let bare = name.strip_prefix("bert.").unwrap_or(name);
+                        let bare = name
+                            .strip_prefix("bert.")
+                            .or_else(|| name.strip_prefix("roberta."))
+                            .unwrap_or(name);
                         !ours.contains(name.as_str()) && !ours.contains(bare)
                     })
                     .collect();
@@ -310,6 +329,13 @@ impl LoadedModel {
                 else {
                     return Err(ModelError::Source("a GGUF file holds a decoder".into()));
                 };
+                if config.rope_freq_factors.is_some() {
+                    return Err(ModelError::Source(
+                        "this GGUF file rescales RoPE by a `rope_freqs.weight` table, which a \
+                         config.json cannot state; merge it with --format gguf"
+                            .into(),
+                    ));
+                }
                 let json = config.to_hf_json(tokenizer.bos, &tokenizer.eos);
                 let text = serde_json::to_string_pretty(&json).unwrap_or_default() + "\n";
                 crate::weights::write_atomic(&dir.join("config.json"), text.as_bytes())?;
