@@ -468,26 +468,11 @@ impl GgufFile {
 
     /// Decode a tensor (by GGUF name) to f32, PyTorch shape order.
     pub fn dequantize(&self, name: &str) -> Result<HostTensor> {
-        let info = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-                count: self.tensors.len(),
-            })?;
-        let ty = GgmlType::from_id(info.type_id).ok_or_else(|| ModelError::UnsupportedType {
-            path: self.path.clone(),
-            tensor: name.to_string(),
-            dtype: type_name(info.type_id),
-            supported: SUPPORTED,
-        })?;
-        let (per, bytes) = ty.block();
-        let n = info.numel();
-        let raw = &self.map[info.offset..info.offset + n / per * bytes];
+        let (ty, raw) = self.raw_tensor(name)?;
+        let info = &self.tensors[name];
         Ok(HostTensor {
             shape: info.shape(),
-            data: dequantize(ty, raw, n),
+            data: dequantize(ty, raw, info.numel()),
         })
     }
 }
