@@ -18,6 +18,29 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 thread_local! {
     static LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
     static LARGEST: Cell<usize> = const { Cell::new(0) };
+    /// Bytes allocated minus bytes freed on this thread, and the highest value since
+    /// [`heap_peak`] started watching.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn track(delta: isize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get() + delta;
+        live.set(now);
+        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+    });
+}
+
+#[allow(dead_code)] // used by the train binary only
+/// Run `f` on this thread; its result and the most heap it held at once beyond what this
+/// thread held when it started (allocations on other threads are not seen).
+pub fn heap_peak<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let start = LIVE.with(Cell::get);
+    PEAK.with(|p| p.set(start));
+    let r = f();
+    let peak = PEAK.with(Cell::get);
+    (r, (peak - start).max(0) as usize)
 }
 
 /// Above this, an allocation on a fuzzing thread is refused outright (the process aborts naming
@@ -43,6 +66,7 @@ fn allowed(size: usize) -> bool {
 unsafe impl GlobalAlloc for Bounded {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if allowed(layout.size()) {
+            track(layout.size() as isize);
             unsafe { System.alloc(layout) }
         } else {
             std::ptr::null_mut()
@@ -50,6 +74,7 @@ unsafe impl GlobalAlloc for Bounded {
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if allowed(layout.size()) {
+            track(layout.size() as isize);
             unsafe { System.alloc_zeroed(layout) }
         } else {
             std::ptr::null_mut()
@@ -57,12 +82,14 @@ unsafe impl GlobalAlloc for Bounded {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if allowed(new_size) {
+            track(new_size as isize - layout.size() as isize);
             unsafe { System.realloc(ptr, layout, new_size) }
         } else {
             std::ptr::null_mut()
         }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        track(-(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
 }

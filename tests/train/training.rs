@@ -31,8 +31,12 @@ fn a_few_gralora_steps_on_flex_lower_the_loss_and_write_a_complete_run() {
     let mut tok =
         gralora_models::TextTokenizer::from_file(home.join("minilm/tokenizer.json")).unwrap();
     let data = Task::Sst2.load(&home).unwrap();
-    let items = tokenize(&mut tok, &data.eval, config.max_len).unwrap();
-    let train_items = tokenize(&mut tok, &data.train, config.max_len).unwrap();
+    let tokenized = |tok: &mut gralora_models::TextTokenizer, e: &[data::Example]| {
+        let items = tokenize(tok, e, config.max_len).unwrap();
+        data::Items::in_memory(items, |i| i.encoded.ids.len())
+    };
+    let items = tokenized(&mut tok, &data.eval);
+    let train_items = tokenized(&mut tok, &data.train);
     let fresh = gralora_models::BertClassifier::new(bert, 2, gralora_models::Pooling::Mean, 0.0);
     let before = evaluate(&fresh, &items, pad_id(&tok), 16).unwrap();
     let before_train = evaluate(&fresh, &train_items, pad_id(&tok), 16).unwrap();

@@ -131,6 +131,79 @@ fn a_held_out_split_is_seeded_and_disjoint() {
     }
 }
 
+/// A file far larger than what reading it keeps: rows go to an unnamed spill file as they are
+/// parsed, so the reading thread's heap holds the index (16 bytes a row while streaming, 12 for
+/// each split) and its buffers, never the texts; a split and a subset are selections of it.
+#[test]
+fn a_large_file_is_read_into_a_spill_file_in_bounded_memory() {
+    use std::io::Write;
+    let dir = tmp_dir("large-file");
+    let path = dir.join("large.jsonl");
+    let rows = 100_000;
+    let filler = "a sentence long enough to weigh more than its index entry ".repeat(5);
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        for i in 0..rows {
+            let label = ["negative", "positive"][i % 2];
+            writeln!(
+                out,
+                r#"{{"text": "row {i}: {filler}", "label": "{label}"}}"#
+            )
+            .unwrap();
+        }
+    }
+    let size = std::fs::metadata(&path).unwrap().len() as usize;
+    let (d, peak) = crate::fuzz_support::heap_peak(|| {
+        data::labelled_items(&path, None, 0.1, 7, &Columns::default()).unwrap()
+    });
+    eprintln!(
+        "{rows} rows, {} MiB file: heap peak {:.2} MiB while reading and splitting",
+        size >> 20,
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(size > 30 << 20, "the file is {size} bytes");
+    assert!(
+        peak < 64 * rows + (2 << 20),
+        "reading held {peak} bytes at once for {rows} rows"
+    );
+    assert!(d.train.is_spilled() && d.eval.is_spilled());
+    assert_eq!((d.train.len(), d.eval.len()), (90_000, 10_000));
+    assert_eq!(d.labels, ["negative", "positive"]);
+    // Every row once, with its own label, in the split that split_off draws.
+    let (want_train, want_eval) = data::split_off((0..rows).collect(), 0.1, 7);
+    for (items, want) in [(&d.train, &want_train), (&d.eval, &want_eval)] {
+        for (k, e) in items.iter().enumerate().step_by(997) {
+            let e = e.unwrap();
+            let i = want[k];
+            assert_eq!(e.a, format!("row {i}: {filler}"));
+            assert_eq!(e.label, i % 2);
+        }
+    }
+    // A subset of the spilled rows is spilled too, and costs only its index.
+    let some = data::subset_items(&d.train, Some(1000), 7, true);
+    assert!(some.is_spilled());
+    assert_eq!(some.len(), 1000);
+    assert_eq!(some.index_bytes(), 1000 * 8);
+    let want = data::seeded_subset(want_train.clone(), Some(1000), 7, true);
+    assert_eq!(
+        some.get(999).unwrap().a,
+        format!("row {}: {filler}", want[999])
+    );
+    // Tokenised, they stay spilled: 12 bytes an item, its token count kept for the batching.
+    let Some(dir) = fetched("minilm", "minilm") else {
+        return;
+    };
+    let mut tok = TextTokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let (items, (truncated, _)) =
+        gralora_train::tasks::classification::tokenize_counted(&mut tok, &some, 32).unwrap();
+    assert!(items.is_spilled());
+    assert_eq!(items.index_bytes(), 1000 * 12);
+    assert_eq!(truncated, 1000, "every row is longer than 32 tokens");
+    let item = items.get(999).unwrap();
+    assert_eq!((item.encoded.ids.len(), items.tokens(999)), (32, 32));
+    assert_eq!(item.label, want[999] % 2);
+}
+
 #[test]
 fn sft_rows_in_every_format() {
     let (chat, _) = read_sft(

@@ -15,7 +15,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, Value};
 
 /// Token ids of one text (or text pair), with token types and attention mask.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Encoded {
     /// Token ids.
     pub ids: Vec<u32>,

@@ -33,6 +33,9 @@ pub enum TrainError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The temporary file a dataset is spilled to (in `$TMPDIR`) could not be written or read.
+    #[error("the data spill file: {0}")]
+    Spill(#[from] std::io::Error),
     /// The model could not be loaded or saved.
     #[error(transparent)]
     Model(#[from] gralora_models::ModelError),

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::error::{Result, TrainError};
 
 /// One labelled text or text pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Example {
     /// The text (for pairs: the first text).
     pub a: String,
@@ -86,6 +86,20 @@ pub(crate) fn json_lines(path: &Path) -> Result<Box<dyn BufRead>> {
     } else {
         Box::new(BufReader::new(file))
     })
+}
+
+/// [`seeded_subset`] of a list in memory or spilled: the same items as `seeded_subset` of the
+/// list in memory.
+pub fn subset_items<T: super::Spillable>(
+    items: &super::Items<T>,
+    n: Option<usize>,
+    seed: u64,
+    shuffle: bool,
+) -> super::Items<T> {
+    match n {
+        None => items.clone(),
+        Some(_) => items.select(&seeded_subset((0..items.len()).collect(), n, seed, shuffle)),
+    }
 }
 
 /// The first `n` of `v` (all without `n`), after a shuffle seeded by `seed` when `shuffle`.

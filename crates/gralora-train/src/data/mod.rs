@@ -10,6 +10,7 @@ mod files;
 mod glue;
 pub mod gsm8k;
 mod ipc;
+mod items;
 mod rotten_tomatoes;
 mod snli;
 pub mod table;
@@ -19,12 +20,15 @@ pub use boolq::read_boolq;
 pub use commonsense::{McExample, read_mc};
 pub use files::{
     BOOLQ_TRAIN, BOOLQ_VAL, Example, MRPC_DEV, RT_FILE, RTE_DEV, SNLI_TEST, SNLI_TRAIN, SST2_DEV,
-    seeded_subset, verify_assets,
+    seeded_subset, subset_items, verify_assets,
 };
 pub use glue::{read_arrow, read_glue_pairs, read_sst2_arrow};
+pub use items::{Items, Spillable};
 pub use rotten_tomatoes::{normalise, read_rotten_tomatoes, remove_overlap};
 pub use snli::read_snli;
 pub use user::{
-    Columns, LabelledData, Scored, ScoredData, SftColumns, SftExample, has_scores, read_labelled,
-    read_scored, read_sft, read_sft_file, read_with_labels, split_off,
+    Columns, LabelledData, LabelledItems, Scored, ScoredData, ScoredItems, SftColumns, SftExample,
+    has_scores, items_with_labels, labelled_items, read_labelled, read_scored, read_sft,
+    read_sft_file, read_with_labels, scored_items, sft_file_items, sft_items, split_items,
+    split_off,
 };

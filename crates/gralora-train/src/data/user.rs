@@ -4,13 +4,15 @@
 //! with a held-out split drawn by seed when no evaluation file is given. Every malformed row is
 //! an error naming the file, the line (or row) and the field.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use gralora_models::Message;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::files::{Example, data_err};
+use super::items::{Items, Spillable};
 use super::table::{Location, Row, kind, row_err, rows};
 use crate::error::Result;
 
@@ -51,13 +53,6 @@ impl RawLabel {
             Self::Name(s) => s.clone(),
         }
     }
-}
-
-struct RawExample {
-    a: String,
-    b: Option<String>,
-    label: RawLabel,
-    at: Location,
 }
 
 /// The field `name` of a row; a dotted name (`doc.question`) reaches into nested objects when no
@@ -134,26 +129,89 @@ fn raw_label(path: &Path, row: &Row, name: &str) -> Result<RawLabel> {
     }
 }
 
-fn read_raw(path: &Path, columns: &Columns) -> Result<Vec<RawExample>> {
-    let mut out = Vec::new();
-    for row in rows(path)? {
+/// The rows of a classification or regression file, streamed into a spill file: each row's
+/// texts stay on disk (as an [`Example`] whose `label` is the id of its raw label), and memory
+/// keeps 16 bytes a row (the spill index and the label id) plus the distinct labels.
+struct Streamed {
+    rows: Items<Example>,
+    /// Per row, in file order: its label's id (an index into `names`).
+    label_ids: Vec<u32>,
+    /// The distinct raw labels, by id.
+    names: Vec<RawLabel>,
+    /// The first row whose label is a score (a non-integer number), and that label.
+    first_score: Option<(Location, String)>,
+}
+
+/// More distinct labels than this in a classification file is an error (a text column read as
+/// the label); a regression file is not interned.
+const MAX_CLASSES: usize = 10_000;
+
+fn pair_text(path: &Path, row: &Row, columns: &Columns) -> Result<Option<String>> {
+    let pair_name = columns.pair.as_deref().unwrap_or("text_pair");
+    Ok(match field(row, pair_name) {
+        None | Some(Value::Null) if columns.pair.is_none() => None,
+        _ => Some(text_field(path, row, pair_name)?),
+    })
+}
+
+fn stream_labelled(path: &Path, columns: &Columns) -> Result<Streamed> {
+    let mut label_ids = Vec::new();
+    let mut names: Vec<RawLabel> = Vec::new();
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut first_score = None;
+    let rows = rows(path)?.map(|row| -> Result<Example> {
         let row = row?;
-        let pair_name = columns.pair.as_deref().unwrap_or("text_pair");
-        let b = match field(&row, pair_name) {
-            None | Some(Value::Null) if columns.pair.is_none() => None,
-            _ => Some(text_field(path, &row, pair_name)?),
+        let b = pair_text(path, &row, columns)?;
+        let a = text_field(path, &row, &columns.text)?;
+        let label = raw_label(path, &row, &columns.label)?;
+        let name = label.name();
+        if matches!(label, RawLabel::Float(_)) && first_score.is_none() {
+            first_score = Some((row.at, name.clone()));
+        }
+        let id = match ids.get(&name) {
+            Some(&id) => id,
+            None => {
+                if names.len() == MAX_CLASSES {
+                    return Err(row_err(
+                        path,
+                        row.at,
+                        format!(
+                            "field `{}` has over {MAX_CLASSES} distinct values; name the class column with --label-column (scores train as a regression: --regression)",
+                            columns.label
+                        ),
+                    ));
+                }
+                let id = names.len() as u32;
+                ids.insert(name, id);
+                names.push(label);
+                id
+            }
         };
-        out.push(RawExample {
-            a: text_field(path, &row, &columns.text)?,
+        label_ids.push(id);
+        Ok(Example {
+            a,
             b,
-            label: raw_label(path, &row, &columns.label)?,
-            at: row.at,
-        });
-    }
-    if out.is_empty() {
+            label: id as usize,
+        })
+    });
+    let rows = Items::spilled_rows(rows)?;
+    if rows.is_empty() {
         return Err(data_err(path, "holds no rows"));
     }
-    Ok(out)
+    Ok(Streamed {
+        rows,
+        label_ids,
+        names,
+        first_score,
+    })
+}
+
+/// Where row `i` (0-based, in file order) of `path` is, for an error found after streaming.
+fn location_of(path: &Path, i: usize) -> Result<Location> {
+    match rows(path)?.nth(i) {
+        Some(row) => Ok(row?.at),
+        None => Err(data_err(path, format!("row {i} vanished while reading"))),
+    }
 }
 
 /// A classification dataset: examples and the names of their classes.
@@ -167,20 +225,31 @@ pub struct LabelledData {
     pub labels: Vec<String>,
 }
 
+/// A classification dataset kept in spill files ([`Items`]): what [`labelled_items`] reads.
+#[derive(Debug, Clone)]
+pub struct LabelledItems {
+    /// Training examples.
+    pub train: Items<Example>,
+    /// Evaluation examples.
+    pub eval: Items<Example>,
+    /// Class names, by class index.
+    pub labels: Vec<String>,
+}
+
 /// The label set of the training rows: integers `0..=max` when every label is an integer, else
 /// the distinct names sorted (as `datasets`' `class_encode_column`).
-fn label_set(path: &Path, train: &[RawExample]) -> Result<Vec<String>> {
+fn label_set(path: &Path, train: &[&RawLabel]) -> Result<Vec<String>> {
     let ints: Option<Vec<u64>> = train
         .iter()
-        .map(|e| match e.label {
-            RawLabel::Int(v) => Some(v),
+        .map(|l| match l {
+            RawLabel::Int(v) => Some(*v),
             _ => None,
         })
         .collect();
     let labels: Vec<String> = match ints {
         Some(v) => {
             let max = v.iter().copied().max().unwrap_or(0);
-            if max >= 10_000 {
+            if max >= MAX_CLASSES as u64 {
                 return Err(data_err(
                     path,
                     format!(
@@ -192,7 +261,7 @@ fn label_set(path: &Path, train: &[RawExample]) -> Result<Vec<String>> {
         }
         None => train
             .iter()
-            .map(|e| e.label.name())
+            .map(|l| l.name())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect(),
@@ -209,27 +278,41 @@ fn label_set(path: &Path, train: &[RawExample]) -> Result<Vec<String>> {
     Ok(labels)
 }
 
-fn resolve(path: &Path, raw: Vec<RawExample>, labels: &[String]) -> Result<Vec<Example>> {
-    raw.into_iter()
-        .map(|e| {
-            let name = e.label.name();
-            let label = labels.iter().position(|l| *l == name).ok_or_else(|| {
-                row_err(
-                    path,
-                    e.at,
-                    format!(
-                        "label `{name}` does not occur in the training data (labels: {})",
-                        labels.join(", ")
-                    ),
-                )
-            })?;
-            Ok(Example {
-                a: e.a,
-                b: e.b,
-                label,
-            })
+/// Rows `picked` of `s` (read from `path`) with their labels made class indices of `labels`; a
+/// label outside them is an error naming its row (the first such in `picked`'s order).
+fn resolve(
+    path: &Path,
+    s: &Streamed,
+    picked: &[usize],
+    labels: &[String],
+) -> Result<Items<Example>> {
+    let class: Vec<Option<usize>> = s
+        .names
+        .iter()
+        .map(|n| {
+            let name = n.name();
+            labels.iter().position(|l| *l == name)
         })
-        .collect()
+        .collect();
+    if let Some(&i) = picked
+        .iter()
+        .find(|&&i| class[s.label_ids[i] as usize].is_none())
+    {
+        let name = s.names[s.label_ids[i] as usize].name();
+        return Err(row_err(
+            path,
+            location_of(path, i)?,
+            format!(
+                "label `{name}` does not occur in the training data (labels: {})",
+                labels.join(", ")
+            ),
+        ));
+    }
+    let class: Vec<usize> = class.into_iter().map(|c| c.unwrap_or(0)).collect();
+    Ok(s.rows.select(picked).map_on_read(move |mut e| {
+        e.label = class[e.label];
+        e
+    }))
 }
 
 /// Whether any label of `path` is a score (a non-integer number), making the file a regression.
@@ -244,7 +327,7 @@ pub fn has_scores(path: &Path, columns: &Columns) -> Result<bool> {
 }
 
 /// One example with a score to regress on.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
     /// The text (for pairs: the first).
     pub a: String,
@@ -263,27 +346,59 @@ pub struct ScoredData {
     pub eval: Vec<Scored>,
 }
 
-fn scores(path: &Path, raw: Vec<RawExample>) -> Result<Vec<Scored>> {
-    raw.into_iter()
-        .map(|e| {
-            let score = match e.label {
-                RawLabel::Int(v) => v as f64,
-                RawLabel::Float(v) => v,
-                RawLabel::Name(s) => {
-                    return Err(row_err(
-                        path,
-                        e.at,
-                        format!("label `{s}` is not a number; a regression needs numeric labels"),
-                    ));
-                }
-            };
-            Ok(Scored {
-                a: e.a,
-                b: e.b,
-                score: score as f32,
-            })
+/// A regression dataset kept in spill files: what [`scored_items`] reads.
+#[derive(Debug, Clone)]
+pub struct ScoredItems {
+    /// Training examples.
+    pub train: Items<Scored>,
+    /// Evaluation examples.
+    pub eval: Items<Scored>,
+}
+
+fn stream_scored(path: &Path, columns: &Columns) -> Result<Items<Scored>> {
+    let rows = rows(path)?.map(|row| -> Result<Scored> {
+        let row = row?;
+        let b = pair_text(path, &row, columns)?;
+        let a = text_field(path, &row, &columns.text)?;
+        let score = match raw_label(path, &row, &columns.label)? {
+            RawLabel::Int(v) => v as f64,
+            RawLabel::Float(v) => v,
+            RawLabel::Name(s) => {
+                return Err(row_err(
+                    path,
+                    row.at,
+                    format!("label `{s}` is not a number; a regression needs numeric labels"),
+                ));
+            }
+        };
+        Ok(Scored {
+            a,
+            b,
+            score: score as f32,
         })
-        .collect()
+    });
+    let items = Items::spilled_rows(rows)?;
+    if items.is_empty() {
+        return Err(data_err(path, "holds no rows"));
+    }
+    Ok(items)
+}
+
+/// Read a regression dataset (numeric labels) into spill files: `train`, and `eval` or a
+/// seeded `eval_split`.
+pub fn scored_items(
+    train: &Path,
+    eval: Option<&Path>,
+    eval_split: f64,
+    seed: u64,
+    columns: &Columns,
+) -> Result<ScoredItems> {
+    let all = stream_scored(train, columns)?;
+    let (train, eval) = match eval {
+        Some(p) => (all, stream_scored(p, columns)?),
+        None => split_items(&all, eval_split, seed),
+    };
+    Ok(ScoredItems { train, eval })
 }
 
 /// Read a regression dataset (numeric labels): `train`, and `eval` or a seeded `eval_split`.
@@ -294,24 +409,29 @@ pub fn read_scored(
     seed: u64,
     columns: &Columns,
 ) -> Result<ScoredData> {
-    let raw_train = read_raw(train, columns)?;
-    let (t, e, eval_path) = match eval {
-        Some(p) => (raw_train, read_raw(p, columns)?, p),
-        None => {
-            let (t, e) = split_off(raw_train, eval_split, seed);
-            (t, e, train)
-        }
-    };
+    let d = scored_items(train, eval, eval_split, seed, columns)?;
     Ok(ScoredData {
-        train: scores(train, t)?,
-        eval: scores(eval_path, e)?,
+        train: d.train.to_vec()?,
+        eval: d.eval.to_vec()?,
     })
+}
+
+/// The examples of `path` labelled with the class names `labels` (those of a trained run; a
+/// label outside them is an error), kept in a spill file.
+pub fn items_with_labels(
+    path: &Path,
+    columns: &Columns,
+    labels: &[String],
+) -> Result<Items<Example>> {
+    let s = stream_labelled(path, columns)?;
+    let all: Vec<usize> = (0..s.rows.len()).collect();
+    resolve(path, &s, &all, labels)
 }
 
 /// The examples of `path` labelled with the class names `labels` (those of a trained run; a
 /// label outside them is an error).
 pub fn read_with_labels(path: &Path, columns: &Columns, labels: &[String]) -> Result<Vec<Example>> {
-    resolve(path, read_raw(path, columns)?, labels)
+    Ok(items_with_labels(path, columns, labels)?.to_vec()?)
 }
 
 /// A seeded split of `items`: `(train, held-out)`, the held-out part `fraction` of them (at
@@ -326,6 +446,67 @@ pub fn split_off<T>(mut items: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec
     (items, eval)
 }
 
+/// [`split_off`] of a spilled list: the same rows as `split_off` of the list in memory.
+pub fn split_items<T: Spillable>(
+    items: &Items<T>,
+    fraction: f64,
+    seed: u64,
+) -> (Items<T>, Items<T>) {
+    let (t, e) = split_off((0..items.len()).collect(), fraction, seed);
+    (items.select(&t), items.select(&e))
+}
+
+/// Read a classification dataset into spill files: `train`, and `eval` or a seeded
+/// `eval_split` of `train`. Labels are taken from the training rows; one seen only in `eval` is
+/// an error.
+pub fn labelled_items(
+    train: &Path,
+    eval: Option<&Path>,
+    eval_split: f64,
+    seed: u64,
+    columns: &Columns,
+) -> Result<LabelledItems> {
+    let s = stream_labelled(train, columns)?;
+    if let Some((at, name)) = &s.first_score {
+        return Err(row_err(
+            train,
+            *at,
+            format!(
+                "label `{name}` is a score, not a class; scores are a regression (read them with read_scored)"
+            ),
+        ));
+    }
+    let n = s.rows.len();
+    let (train_rows, eval_rows) = match eval {
+        Some(_) => ((0..n).collect(), Vec::new()),
+        None => {
+            if n < 2 {
+                return Err(data_err(
+                    train,
+                    "holds one row; a held-out split needs at least two (or pass --eval-data)",
+                ));
+            }
+            split_off((0..n).collect(), eval_split, seed)
+        }
+    };
+    let present: BTreeSet<u32> = train_rows.iter().map(|&i| s.label_ids[i]).collect();
+    let train_labels: Vec<&RawLabel> = present.iter().map(|&id| &s.names[id as usize]).collect();
+    let labels = label_set(train, &train_labels)?;
+    let eval_items = match eval {
+        Some(p) => {
+            let e = stream_labelled(p, columns)?;
+            let all: Vec<usize> = (0..e.rows.len()).collect();
+            resolve(p, &e, &all, &labels)?
+        }
+        None => resolve(train, &s, &eval_rows, &labels)?,
+    };
+    Ok(LabelledItems {
+        train: resolve(train, &s, &train_rows, &labels)?,
+        eval: eval_items,
+        labels,
+    })
+}
+
 /// Read a classification dataset: `train`, and `eval` or a seeded `eval_split` of `train`.
 /// Labels are taken from the training rows; one seen only in `eval` is an error.
 pub fn read_labelled(
@@ -335,43 +516,16 @@ pub fn read_labelled(
     seed: u64,
     columns: &Columns,
 ) -> Result<LabelledData> {
-    let raw_train = read_raw(train, columns)?;
-    if let Some(e) = raw_train
-        .iter()
-        .find(|e| matches!(e.label, RawLabel::Float(_)))
-    {
-        return Err(row_err(
-            train,
-            e.at,
-            format!(
-                "label `{}` is a score, not a class; scores are a regression (read them with read_scored)",
-                e.label.name()
-            ),
-        ));
-    }
-    let (raw_train, raw_eval, eval_path) = match eval {
-        Some(p) => (raw_train, read_raw(p, columns)?, p),
-        None => {
-            if raw_train.len() < 2 {
-                return Err(data_err(
-                    train,
-                    "holds one row; a held-out split needs at least two (or pass --eval-data)",
-                ));
-            }
-            let (t, e) = split_off(raw_train, eval_split, seed);
-            (t, e, train)
-        }
-    };
-    let labels = label_set(train, &raw_train)?;
+    let d = labelled_items(train, eval, eval_split, seed, columns)?;
     Ok(LabelledData {
-        train: resolve(train, raw_train, &labels)?,
-        eval: resolve(eval_path, raw_eval, &labels)?,
-        labels,
+        train: d.train.to_vec()?,
+        eval: d.eval.to_vec()?,
+        labels: d.labels,
     })
 }
 
 /// One supervised fine-tuning example.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SftExample {
     /// Plain text: causal language modelling on every token.
     Text(String),
@@ -517,6 +671,26 @@ pub fn sft_example(path: &Path, row: &Row, columns: &SftColumns) -> Result<SftEx
     ))
 }
 
+/// Read an SFT dataset into spill files: `(train, eval)`, the latter from `eval` or a seeded
+/// `eval_split`.
+pub fn sft_items(
+    train: &Path,
+    eval: Option<&Path>,
+    eval_split: f64,
+    seed: u64,
+    columns: &SftColumns,
+) -> Result<(Items<SftExample>, Items<SftExample>)> {
+    let all = sft_file_items(train, columns)?;
+    match eval {
+        Some(p) => Ok((all, sft_file_items(p, columns)?)),
+        None if all.len() < 2 => Err(data_err(
+            train,
+            "holds one row; a held-out split needs at least two (or pass --eval-data)",
+        )),
+        None => Ok(split_items(&all, eval_split, seed)),
+    }
+}
+
 /// Read an SFT dataset: `(train, eval)`, the latter from `eval` or a seeded `eval_split`.
 pub fn read_sft(
     train: &Path,
@@ -525,25 +699,21 @@ pub fn read_sft(
     seed: u64,
     columns: &SftColumns,
 ) -> Result<(Vec<SftExample>, Vec<SftExample>)> {
-    let all = read_sft_file(train, columns)?;
-    match eval {
-        Some(p) => Ok((all, read_sft_file(p, columns)?)),
-        None if all.len() < 2 => Err(data_err(
-            train,
-            "holds one row; a held-out split needs at least two (or pass --eval-data)",
-        )),
-        None => Ok(split_off(all, eval_split, seed)),
+    let (t, e) = sft_items(train, eval, eval_split, seed, columns)?;
+    Ok((t.to_vec()?, e.to_vec()?))
+}
+
+/// Every row of an SFT file, kept in a spill file.
+pub fn sft_file_items(path: &Path, columns: &SftColumns) -> Result<Items<SftExample>> {
+    let rows = rows(path)?.map(|row| sft_example(path, &row?, columns));
+    let items = Items::spilled_rows(rows)?;
+    if items.is_empty() {
+        return Err(data_err(path, "holds no rows"));
     }
+    Ok(items)
 }
 
 /// Every row of an SFT file.
 pub fn read_sft_file(path: &Path, columns: &SftColumns) -> Result<Vec<SftExample>> {
-    let mut out = Vec::new();
-    for row in rows(path)? {
-        out.push(sft_example(path, &row?, columns)?);
-    }
-    if out.is_empty() {
-        return Err(data_err(path, "holds no rows"));
-    }
-    Ok(out)
+    Ok(sft_file_items(path, columns)?.to_vec()?)
 }

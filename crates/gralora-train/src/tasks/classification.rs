@@ -18,7 +18,7 @@ use gralora_models::{
 };
 
 use super::builtin::Task;
-use crate::data::{Example, read_labelled, seeded_subset};
+use crate::data::{Example, Items, labelled_items, subset_items};
 use crate::error::{Result, TrainError};
 use crate::trainer::{
     Batching, DataSettings, ENCODER_TARGETS, EvalMetrics, LossGuard, Method, Report, RunNames,
@@ -27,7 +27,7 @@ use crate::trainer::{
 };
 
 /// One tokenised example.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Item {
     /// Token ids and segment ids.
     pub encoded: Encoded,
@@ -183,29 +183,35 @@ pub fn tokenize(
         .collect()
 }
 
-/// Tokenise examples (truncated to `max_len`), counting the examples truncated and the tokens
-/// they lost.
+/// Tokenise examples (truncated to `max_len`) one at a time, into memory or a spill file as
+/// `examples` are kept, counting the examples truncated and the tokens they lost.
 pub fn tokenize_counted(
     tokenizer: &mut TextTokenizer,
-    examples: &[Example],
+    examples: &Items<Example>,
     max_len: usize,
-) -> Result<(Vec<Item>, (usize, usize))> {
-    tokenizer.set_max_len(None)?;
-    let mut full = Vec::with_capacity(examples.len());
-    for e in examples {
-        full.push(match &e.b {
-            Some(b) => tokenizer.encode_pair(&e.a, b)?.ids.len(),
-            None => tokenizer.encode(&e.a, true)?.ids.len(),
-        });
-    }
-    let items = tokenize(tokenizer, examples, max_len)?;
+) -> Result<(Items<Item>, (usize, usize))> {
     let (mut n, mut lost) = (0, 0);
-    for (item, len) in items.iter().zip(full) {
-        if len > item.encoded.ids.len() {
+    let items = examples.iter().map(|e| -> Result<Item> {
+        let e = e?;
+        let mut encode = |max: Option<usize>| -> Result<Encoded> {
+            tokenizer.set_max_len(max)?;
+            Ok(match &e.b {
+                Some(b) => tokenizer.encode_pair(&e.a, b)?,
+                None => tokenizer.encode(&e.a, true)?,
+            })
+        };
+        let whole = encode(None)?.ids.len();
+        let encoded = encode(Some(max_len))?;
+        if whole > encoded.ids.len() {
             n += 1;
-            lost += len - item.encoded.ids.len();
+            lost += whole - encoded.ids.len();
         }
-    }
+        Ok(Item {
+            encoded,
+            label: e.label,
+        })
+    });
+    let items = examples.collect_like(items, ClassBatching::tokens)?;
     Ok((items, (n, lost)))
 }
 
@@ -249,18 +255,19 @@ pub fn pad_id(tokenizer: &TextTokenizer) -> u32 {
 /// Accuracy, F1 (binary) and loss of `model` on `items`, in batches sorted by length.
 pub fn evaluate(
     model: &BertClassifier,
-    items: &[Item],
+    items: &Items<Item>,
     pad: u32,
     batch_size: usize,
 ) -> Result<EvalMetrics> {
     let device = model.classifier.weight.val().device();
     let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| items[i].encoded.ids.len());
+    order.sort_by_key(|&i| items.tokens(i));
     let (mut correct, mut tp, mut fp, mut fneg, mut loss_sum) =
         (0usize, 0usize, 0usize, 0usize, 0f64);
     let mut classes = 0;
     for chunk in order.chunks(batch_size.max(1)) {
-        let batch: Vec<&Item> = chunk.iter().map(|&i| &items[i]).collect();
+        let batch = items.fetch(chunk)?;
+        let batch: Vec<&Item> = batch.iter().collect();
         let b = ClassBatch::new(&batch, pad, &device);
         let logits = model.forward(&b.input);
         let [n, c] = logits.dims();
@@ -419,8 +426,8 @@ pub struct ClassifierWorkload {
     pooling: Pooling,
     head_dropout: f64,
     batch_size: usize,
-    train: Vec<Item>,
-    eval: Vec<Item>,
+    train: Items<Item>,
+    eval: Items<Item>,
 }
 
 impl ClassifierWorkload {
@@ -442,7 +449,10 @@ impl ClassifierWorkload {
         let names = (task.name().into(), train_name.into(), eval_name.into());
         Self::build(
             config,
-            (data.train, data.eval),
+            (
+                Items::untokenized(data.train),
+                Items::untokenized(data.eval),
+            ),
             names,
             task.num_classes(),
             None,
@@ -462,7 +472,7 @@ impl ClassifierWorkload {
         source: ModelSource,
         report: Report<'_>,
     ) -> Result<Self> {
-        let d = read_labelled(
+        let d = labelled_items(
             &data.train,
             data.eval.as_deref(),
             data.eval_split,
@@ -492,7 +502,7 @@ impl ClassifierWorkload {
     #[allow(clippy::too_many_arguments)]
     fn build(
         config: &TrainConfig,
-        (train, eval): (Vec<Example>, Vec<Example>),
+        (train, eval): (Items<Example>, Items<Example>),
         names: (String, String, String),
         num_classes: usize,
         labels: Option<Vec<String>>,
@@ -501,8 +511,8 @@ impl ClassifierWorkload {
         source: ModelSource,
         report: Report<'_>,
     ) -> Result<Self> {
-        let train = seeded_subset(train, config.max_train, config.seed, true);
-        let eval = seeded_subset(eval, config.max_eval, config.seed, false);
+        let train = subset_items(&train, config.max_train, config.seed, true);
+        let eval = subset_items(&eval, config.max_eval, config.seed, false);
         let (train, t_train) = tokenize_counted(&mut tokenizer, &train, config.max_len)?;
         let (eval, t_eval) = tokenize_counted(&mut tokenizer, &eval, config.max_len)?;
         report(&format!(
@@ -576,15 +586,14 @@ impl Workload for ClassifierWorkload {
         ClassBatching::for_device(self.pad, model.bert.max_len, device)
     }
 
-    fn train_items(&mut self) -> Vec<Item> {
-        std::mem::take(&mut self.train)
+    fn train_items(&mut self) -> Items<Item> {
+        std::mem::replace(&mut self.train, Items::empty())
     }
 
     fn valid_loader(&self, batching: ClassBatching, device: &Device) -> EpochLoader {
         // Validation order does not matter: by length, for less padding.
-        let mut by_len = self.eval.clone();
-        by_len.sort_by_key(|i| i.encoded.ids.len());
-        EpochLoader::new(by_len, self.batch_size * 2, None, batching, device)
+        let by_len = self.eval.by_tokens();
+        EpochLoader::over(by_len, self.batch_size * 2, None, batching, device)
     }
 
     fn loss(&self, model: &BertClassifier, batch: ClassBatch) -> Tensor<1> {

@@ -20,4 +20,4 @@ pub use classification::{
 };
 pub use multiple_choice::{MC_TASKS, McTask, MultipleChoiceWorkload, evaluate_mc, mc_tasks};
 pub use run::{Finished, eval, eval_file, train, validate};
-pub use sft::{Sample, SftEncoder, SftWorkload, Truncation, evaluate_lm, pack};
+pub use sft::{Sample, SftEncoder, SftWorkload, Truncation, evaluate_lm, pack, pack_items};

@@ -14,7 +14,7 @@ use burn::train::{InferenceStep, SupervisedTraining, TrainOutput, TrainStep};
 use gralora_models::gguf::GgufFile;
 use gralora_models::{Llama, LlamaConfig, LoadedModel, ModelSource, TextTokenizer};
 
-use crate::data::{McExample, read_mc, seeded_subset};
+use crate::data::{Items, McExample, read_mc, seeded_subset};
 use crate::error::{Result, TrainError};
 use crate::trainer::{
     Batching, DECODER_TARGETS, EvalMetrics, LossGuard, Method, Report, RunNames, SeededLoader,
@@ -128,7 +128,7 @@ pub fn load(tasks: &[McTask], home: &Path) -> Result<(Vec<McExample>, Vec<McExam
 
 /// A tokenised training sequence and the tokens that carry the loss (a prompt's answer, a
 /// completion, the assistant's turns, or everything after the first token).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LmItem {
     /// Token ids.
     pub ids: Vec<u32>,
@@ -560,8 +560,8 @@ impl Workload for MultipleChoiceWorkload {
         LmBatching::for_device(model.max_len, device)
     }
 
-    fn train_items(&mut self) -> Vec<LmItem> {
-        std::mem::take(&mut self.train)
+    fn train_items(&mut self) -> Items<LmItem> {
+        Items::in_memory(std::mem::take(&mut self.train), LmBatching::tokens)
     }
 
     fn valid_loader(&self, batching: LmBatching, device: &Device) -> LmLoader {

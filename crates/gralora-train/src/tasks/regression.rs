@@ -14,7 +14,7 @@ use gralora_models::{
 };
 
 use super::classification::{Labels, pad_id, save_encoder, save_head};
-use crate::data::{Example, Scored, ScoredData, seeded_subset};
+use crate::data::{Items, Scored, ScoredItems, subset_items};
 use crate::error::{Result, TrainError};
 use crate::trainer::{
     Batching, ENCODER_TARGETS, EvalMetrics, LossGuard, Method, Report, RunNames, SeededLoader,
@@ -22,7 +22,7 @@ use crate::trainer::{
 };
 
 /// One tokenised scored example.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ScoreItem {
     /// Token ids and segment ids.
     pub encoded: Encoded,
@@ -113,29 +113,26 @@ impl InferenceStep for TextRegressor {
     }
 }
 
-/// Tokenise scored examples (truncated to `max_len`).
+/// Tokenise scored examples (truncated to `max_len`) one at a time, into memory or a spill
+/// file as `examples` are kept.
 pub fn tokenize_scored(
     tokenizer: &mut TextTokenizer,
-    examples: &[Scored],
+    examples: &Items<Scored>,
     max_len: usize,
-) -> Result<Vec<ScoreItem>> {
-    let as_examples: Vec<Example> = examples
-        .iter()
-        .map(|e| Example {
-            a: e.a.clone(),
-            b: e.b.clone(),
-            label: 0,
-        })
-        .collect();
-    let items = super::classification::tokenize(tokenizer, &as_examples, max_len)?;
-    Ok(items
-        .into_iter()
-        .zip(examples)
-        .map(|(i, e)| ScoreItem {
-            encoded: i.encoded,
+) -> Result<Items<ScoreItem>> {
+    tokenizer.set_max_len(Some(max_len))?;
+    let items = examples.iter().map(|e| -> Result<ScoreItem> {
+        let e = e?;
+        let encoded = match &e.b {
+            Some(b) => tokenizer.encode_pair(&e.a, b)?,
+            None => tokenizer.encode(&e.a, true)?,
+        };
+        Ok(ScoreItem {
+            encoded,
             score: e.score,
         })
-        .collect())
+    });
+    examples.collect_like(items, ScoreBatching::tokens)
 }
 
 /// Pearson's correlation of `x` and `y` (0 when either is constant).
@@ -186,16 +183,17 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
 /// Predicted scores of `model` for `items`, in their order.
 pub fn predict(
     model: &BertClassifier,
-    items: &[ScoreItem],
+    items: &Items<ScoreItem>,
     pad: u32,
     batch_size: usize,
 ) -> Result<Vec<f32>> {
     let device = model.classifier.weight.val().device();
     let mut out = vec![0f32; items.len()];
     let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| items[i].encoded.ids.len());
+    order.sort_by_key(|&i| items.tokens(i));
     for chunk in order.chunks(batch_size.max(1)) {
-        let batch: Vec<&ScoreItem> = chunk.iter().map(|&i| &items[i]).collect();
+        let batch = items.fetch(chunk)?;
+        let batch: Vec<&ScoreItem> = batch.iter().collect();
         let b = score_batch(&batch, pad, 1, &device);
         let values = gralora::io::read_f32(model.forward(&b.input))?;
         for (&i, v) in chunk.iter().zip(values) {
@@ -209,7 +207,7 @@ pub fn predict(
 /// is not defined for scores and is 0).
 pub fn evaluate_scores(
     model: &BertClassifier,
-    items: &[ScoreItem],
+    items: &Items<ScoreItem>,
     pad: u32,
     batch_size: usize,
 ) -> Result<EvalMetrics> {
@@ -217,7 +215,10 @@ pub fn evaluate_scores(
         .into_iter()
         .map(f64::from)
         .collect();
-    let gold: Vec<f64> = items.iter().map(|i| f64::from(i.score)).collect();
+    let gold: Vec<f64> = items
+        .iter()
+        .map(|i| i.map(|i| f64::from(i.score)))
+        .collect::<std::io::Result<_>>()?;
     let n = items.len().max(1) as f64;
     let mse = pred
         .iter()
@@ -246,8 +247,8 @@ pub struct RegressionWorkload {
     pooling: Pooling,
     head_dropout: f64,
     batch_size: usize,
-    train: Vec<ScoreItem>,
-    eval: Vec<ScoreItem>,
+    train: Items<ScoreItem>,
+    eval: Items<ScoreItem>,
 }
 
 impl RegressionWorkload {
@@ -255,15 +256,15 @@ impl RegressionWorkload {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &TrainConfig,
-        data: ScoredData,
+        data: ScoredItems,
         names: (String, String, String),
         bert: Bert,
         mut tokenizer: TextTokenizer,
         source: ModelSource,
         report: Report<'_>,
     ) -> Result<Self> {
-        let train = seeded_subset(data.train, config.max_train, config.seed, true);
-        let eval = seeded_subset(data.eval, config.max_eval, config.seed, false);
+        let train = subset_items(&data.train, config.max_train, config.seed, true);
+        let eval = subset_items(&data.eval, config.max_eval, config.seed, false);
         let train = tokenize_scored(&mut tokenizer, &train, config.max_len)?;
         let eval = tokenize_scored(&mut tokenizer, &eval, config.max_len)?;
         report(&format!(
@@ -330,8 +331,8 @@ impl Workload for RegressionWorkload {
         }
     }
 
-    fn train_items(&mut self) -> Vec<ScoreItem> {
-        std::mem::take(&mut self.train)
+    fn train_items(&mut self) -> Items<ScoreItem> {
+        std::mem::replace(&mut self.train, Items::empty())
     }
 
     fn valid_loader(
@@ -339,9 +340,8 @@ impl Workload for RegressionWorkload {
         batching: ScoreBatching,
         device: &Device,
     ) -> SeededLoader<ScoreBatching> {
-        let mut by_len = self.eval.clone();
-        by_len.sort_by_key(|i| i.encoded.ids.len());
-        SeededLoader::new(by_len, self.batch_size * 2, None, batching, device)
+        let by_len = self.eval.by_tokens();
+        SeededLoader::over(by_len, self.batch_size * 2, None, batching, device)
     }
 
     fn loss(&self, model: &BertClassifier, batch: ScoreBatch) -> Tensor<1> {

@@ -9,12 +9,16 @@ use burn::tensor::Device;
 use gralora_models::{BertClassifier, LoadedModel, ModelSource, Pooling};
 
 use super::builtin::{TASKS, Task};
-use super::classification::{ClassifierWorkload, Labels, evaluate, load_head, pad_id, tokenize};
+use super::classification::{
+    ClassifierWorkload, Labels, evaluate, load_head, pad_id, tokenize_counted,
+};
 use super::multiple_choice::{self, MC_TASKS, MultipleChoiceWorkload, evaluate_mc, mc_tasks};
 use super::regression::{RegressionWorkload, evaluate_scores, tokenize_scored};
 use super::sft::{SftEncoder, SftWorkload, evaluate_lm, run_template};
 use crate::data::seeded_subset;
-use crate::data::{has_scores, read_scored, read_sft_file, read_with_labels};
+use crate::data::{
+    Items, has_scores, items_with_labels, scored_items, sft_file_items, subset_items,
+};
 use crate::error::{Result, TrainError};
 use crate::trainer::{
     EvalMetrics, Report, RunDir, RunMetrics, Session, TrainConfig, peak_rss_mib, write_json,
@@ -91,7 +95,7 @@ pub fn train(
         } => {
             if let Some(data) = &config.data {
                 if data.regression || has_scores(&data.train, &data.columns())? {
-                    let scored = read_scored(
+                    let scored = scored_items(
                         &data.train,
                         data.eval.as_deref(),
                         data.eval_split,
@@ -225,7 +229,11 @@ pub fn eval(
     }
     let model = load_head(bert, &dir.head(), pooling)?;
     let eval = seeded_subset(task.load(home)?.eval, max_eval, 0, false);
-    let items = tokenize(&mut tokenizer, &eval, max_len.unwrap_or(128))?;
+    let (items, _) = tokenize_counted(
+        &mut tokenizer,
+        &Items::untokenized(eval),
+        max_len.unwrap_or(128),
+    )?;
     evaluate(&model, &items, pad_id(&tokenizer), batch_size)
 }
 
@@ -266,30 +274,30 @@ pub fn eval_file(
             let labels = Labels::read(&dir.labels())?;
             let model = load_head(model, &dir.head(), saved.pooling()?)?;
             if labels.regression {
-                let d = read_scored(file, Some(file), 0.0, 0, &data.columns())?;
-                let eval = seeded_subset(d.eval, max_eval, 0, false);
+                let d = scored_items(file, Some(file), 0.0, 0, &data.columns())?;
+                let eval = subset_items(&d.eval, max_eval, 0, false);
                 let items = tokenize_scored(&mut tokenizer, &eval, saved.max_len)?;
                 return evaluate_scores(&model, &items, pad_id(&tokenizer), batch_size);
             }
             // The file is read as an evaluation file of a training set with these labels.
-            let d = read_with_labels(file, &data.columns(), &labels.labels)?;
-            let eval = seeded_subset(d, max_eval, 0, false);
-            let items = tokenize(&mut tokenizer, &eval, saved.max_len)?;
+            let d = items_with_labels(file, &data.columns(), &labels.labels)?;
+            let eval = subset_items(&d, max_eval, 0, false);
+            let (items, _) = tokenize_counted(&mut tokenizer, &eval, saved.max_len)?;
             evaluate(&model, &items, pad_id(&tokenizer), batch_size)
         }
         LoadedModel::Decoder {
             model, tokenizer, ..
         } => {
             let template = run_template(Some(run), &tokenizer)?;
-            let examples = read_sft_file(file, &data.sft_columns())?;
-            let examples = seeded_subset(examples, max_eval, 0, false);
+            let examples = sft_file_items(file, &data.sft_columns())?;
+            let examples = subset_items(&examples, max_eval, 0, false);
             let encoder = SftEncoder {
                 tokenizer: &tokenizer,
                 template: template.as_ref(),
                 train_on_prompt: data.train_on_prompt,
                 max_len: saved.max_len.min(model.max_len),
             };
-            let (items, _) = encoder.encode_all(&examples)?;
+            let (items, _) = encoder.encode_items(&examples)?;
             evaluate_lm(&model, &items, batch_size, device)
         }
     }

@@ -17,11 +17,11 @@ use gralora_models::{ChatTemplate, Llama, Message, ModelSource, Sampler, TextTok
 use super::multiple_choice::{
     CausalLm, LmBatch, LmBatching, LmItem, LmLoader, answer_log_probs, save_decoder,
 };
-use crate::data::{SftExample, read_sft, seeded_subset};
+use crate::data::{Items, SftExample, sft_items, subset_items};
 use crate::error::{Result, TrainError};
 use crate::trainer::{
-    DECODER_TARGETS, DataSettings, EvalMetrics, LossGuard, Method, Report, RunNames, Session,
-    TrainConfig, Workload, trainable,
+    Batching, DECODER_TARGETS, DataSettings, EvalMetrics, LossGuard, Method, Report, RunNames,
+    Session, TrainConfig, Workload, trainable,
 };
 
 /// How SFT examples become token sequences.
@@ -101,25 +101,47 @@ impl SftEncoder<'_> {
         Ok((ids, mask))
     }
 
+    /// `example` tokenised and truncated to `max_len`, counted in `t`; `None` when no target
+    /// token is left (counted as dropped).
+    fn encode_one(&self, example: &SftExample, t: &mut Truncation) -> Result<Option<LmItem>> {
+        let (mut ids, mut mask) = self.encode_full(example)?;
+        if ids.len() > self.max_len {
+            t.truncated += 1;
+            t.tokens_lost += ids.len() - self.max_len;
+            ids.truncate(self.max_len);
+            mask.truncate(self.max_len);
+        }
+        let item = LmItem::masked(ids, &mask);
+        if item.target_count() == 0 {
+            t.dropped += 1;
+            return Ok(None);
+        }
+        Ok(Some(item))
+    }
+
     /// Tokenise `examples` (truncated to `max_len`), counting what truncation did.
     pub fn encode_all(&self, examples: &[SftExample]) -> Result<(Vec<LmItem>, Truncation)> {
         let mut t = Truncation::default();
         let mut items = Vec::with_capacity(examples.len());
         for e in examples {
-            let (mut ids, mut mask) = self.encode_full(e)?;
-            if ids.len() > self.max_len {
-                t.truncated += 1;
-                t.tokens_lost += ids.len() - self.max_len;
-                ids.truncate(self.max_len);
-                mask.truncate(self.max_len);
-            }
-            let item = LmItem::masked(ids, &mask);
-            if item.target_count() == 0 {
-                t.dropped += 1;
-                continue;
-            }
-            items.push(item);
+            items.extend(self.encode_one(e, &mut t)?);
         }
+        Ok((items, t))
+    }
+
+    /// [`Self::encode_all`] one example at a time, into memory or a spill file as `examples`
+    /// are kept.
+    pub fn encode_items(
+        &self,
+        examples: &Items<SftExample>,
+    ) -> Result<(Items<LmItem>, Truncation)> {
+        let mut t = Truncation::default();
+        let items = examples.iter().filter_map(|e| {
+            e.map_err(TrainError::from)
+                .and_then(|e| self.encode_one(&e, &mut t))
+                .transpose()
+        });
+        let items = examples.collect_like(items, LmBatching::tokens)?;
         Ok((items, t))
     }
 
@@ -156,25 +178,48 @@ impl SftEncoder<'_> {
 /// example with attention confined to it and positions from 0, so the loss is the same
 /// predictions as unpacked, in fewer, fuller rows.
 pub fn pack(items: Vec<LmItem>, max_len: usize) -> Vec<LmItem> {
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(items[i].ids.len()));
-    let mut bins: Vec<LmItem> = Vec::new();
+    let lens: Vec<usize> = items.iter().map(|i| i.ids.len()).collect();
+    pack_bins(&lens, max_len)
+        .iter()
+        .map(|bin| join(bin.iter().map(|&i| &items[i]), max_len))
+        .collect()
+}
+
+/// [`pack`] of items in memory or spilled, reading one packed sequence's examples at a time.
+pub fn pack_items(items: &Items<LmItem>, max_len: usize) -> Result<Items<LmItem>> {
+    let lens: Vec<usize> = (0..items.len()).map(|i| items.tokens(i)).collect();
+    let packed = pack_bins(&lens, max_len).into_iter().map(|bin| {
+        let members = items.fetch(&bin)?;
+        Ok(join(members.iter(), max_len))
+    });
+    items.collect_like(packed, LmBatching::tokens)
+}
+
+/// Which examples (by index) each packed sequence holds: first fit, longest first.
+fn pack_bins(lens: &[usize], max_len: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    let mut bins: Vec<(usize, Vec<usize>)> = Vec::new();
     for i in order {
-        let item = &items[i];
-        let fit = bins
-            .iter_mut()
-            .find(|b| b.ids.len() + item.ids.len() <= max_len);
-        let bin = match fit {
-            Some(b) => b,
-            None => {
-                bins.push(LmItem {
-                    ids: Vec::with_capacity(max_len),
-                    targets: Vec::new(),
-                    starts: Vec::new(),
-                });
-                bins.last_mut().expect("just pushed")
+        match bins.iter_mut().find(|b| b.0 + lens[i] <= max_len) {
+            Some(b) => {
+                b.0 += lens[i];
+                b.1.push(i);
             }
-        };
+            None => bins.push((lens[i], vec![i])),
+        }
+    }
+    bins.into_iter().map(|b| b.1).collect()
+}
+
+/// Examples one after another in one sequence, each marked where it starts.
+fn join<'a>(members: impl Iterator<Item = &'a LmItem>, max_len: usize) -> LmItem {
+    let mut bin = LmItem {
+        ids: Vec::with_capacity(max_len),
+        targets: Vec::new(),
+        starts: Vec::new(),
+    };
+    for item in members {
         let offset = bin.ids.len();
         if offset > 0 {
             bin.starts.push(offset);
@@ -188,22 +233,23 @@ pub fn pack(items: Vec<LmItem>, max_len: usize) -> Vec<LmItem> {
                 .filter(|r| !r.is_empty()),
         );
     }
-    bins
+    bin
 }
 
 /// Held-out loss per target token, its perplexity, and the next-token accuracy on the target
 /// tokens, over `items` in batches of `batch_size`.
 pub fn evaluate_lm(
     model: &Llama,
-    items: &[LmItem],
+    items: &Items<LmItem>,
     batch_size: usize,
     device: &Device,
 ) -> Result<EvalMetrics> {
     let (mut nll, mut correct, mut tokens) = (0f64, 0usize, 0usize);
     let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| items[i].ids.len());
+    order.sort_by_key(|&i| items.tokens(i));
     for chunk in order.chunks(batch_size.max(1)) {
-        let refs: Vec<&LmItem> = chunk.iter().map(|&i| &items[i]).collect();
+        let batch = items.fetch(chunk)?;
+        let refs: Vec<&LmItem> = batch.iter().collect();
         let batch = LmBatch::new(&refs, device);
         let hidden = model.forward_hidden(batch.ids.clone(), Some(batch.mask.clone()), None);
         let [b, t, d] = hidden.dims();
@@ -242,8 +288,8 @@ pub struct SftWorkload {
     template: Option<ChatTemplate>,
     source: ModelSource,
     batch_size: usize,
-    train: Vec<LmItem>,
-    eval: Vec<LmItem>,
+    train: Items<LmItem>,
+    eval: Items<LmItem>,
     samples: Vec<(Vec<u32>, String)>,
     generated: Vec<Sample>,
 }
@@ -271,15 +317,15 @@ impl SftWorkload {
             Some(p) => Some(ChatTemplate::from_file(p, &tokenizer)?),
             None => tokenizer.chat_template.clone(),
         };
-        let (train, eval) = read_sft(
+        let (train, eval) = sft_items(
             &data.train,
             data.eval.as_deref(),
             data.eval_split,
             config.seed,
             &data.sft_columns(),
         )?;
-        let train = seeded_subset(train, config.max_train, config.seed, true);
-        let eval = seeded_subset(eval, config.max_eval, config.seed, false);
+        let train = subset_items(&train, config.max_train, config.seed, true);
+        let eval = subset_items(&eval, config.max_eval, config.seed, false);
         let max_len = config.max_len.min(llama.max_len);
         let encoder = SftEncoder {
             tokenizer: &tokenizer,
@@ -287,12 +333,12 @@ impl SftWorkload {
             train_on_prompt: data.train_on_prompt,
             max_len,
         };
-        let (mut train_items, t_train) = encoder.encode_all(&train)?;
+        let (mut train_items, t_train) = encoder.encode_items(&train)?;
         let examples = train_items.len();
         if data.packing {
-            train_items = pack(train_items, max_len);
+            train_items = pack_items(&train_items, max_len)?;
         }
-        let (eval_items, t_eval) = encoder.encode_all(&eval)?;
+        let (eval_items, t_eval) = encoder.encode_items(&eval)?;
         if train_items.is_empty() || eval_items.is_empty() {
             return Err(TrainError::Data {
                 path: data.train.clone(),
@@ -301,8 +347,11 @@ impl SftWorkload {
                 ),
             });
         }
-        let targets: usize = train_items.iter().map(LmItem::target_count).sum();
-        let tokens: usize = train_items.iter().map(|i| i.ids.len()).sum();
+        let mut targets = 0;
+        for item in train_items.iter() {
+            targets += item?.target_count();
+        }
+        let tokens: usize = (0..train_items.len()).map(|i| train_items.tokens(i)).sum();
         let packed = if data.packing {
             format!(", packed into {} sequences", train_items.len())
         } else {
@@ -318,7 +367,7 @@ impl SftWorkload {
             if samples.len() >= data.sample_prompts {
                 break;
             }
-            if let Some(p) = encoder.prompt(e)? {
+            if let Some(p) = encoder.prompt(&e?)? {
                 samples.push(p);
             }
         }
@@ -396,12 +445,12 @@ impl Workload for SftWorkload {
         LmBatching::for_device(model.max_len, device)
     }
 
-    fn train_items(&mut self) -> Vec<LmItem> {
-        std::mem::take(&mut self.train)
+    fn train_items(&mut self) -> Items<LmItem> {
+        std::mem::replace(&mut self.train, Items::empty())
     }
 
     fn valid_loader(&self, batching: LmBatching, device: &Device) -> LmLoader {
-        LmLoader::new(self.eval.clone(), self.batch_size, None, batching, device)
+        LmLoader::over(self.eval.clone(), self.batch_size, None, batching, device)
     }
 
     fn loss(&self, model: &Llama, batch: LmBatch) -> Tensor<1> {

@@ -14,11 +14,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::checkpoint::ResumePoint;
+use crate::data::{Items, Spillable};
 
 /// How a task's examples become a batch.
 pub trait Batching: Clone + Send + Sync + 'static {
     /// One tokenised example.
-    type Item: Clone + Send + Sync + 'static;
+    type Item: Spillable;
     /// A padded batch.
     type Batch: Send + 'static;
     /// Real tokens of an example (its length, for bucketing and the token count).
@@ -31,10 +32,10 @@ pub trait Batching: Clone + Send + Sync + 'static {
 /// `StdRng(seed, e)`, sorted by length inside windows of 32 batches (less padding), the full
 /// batches shuffled again (a short last batch stays last), and the device's generator is
 /// re-seeded from `(seed, e, i)` before batch `i`. Without a seed the order is kept and the
-/// generator left alone.
+/// generator left alone. The examples may be spilled to disk ([`Items`]): a batch reads its own.
 #[derive(Clone)]
 pub struct SeededLoader<B: Batching> {
-    items: Arc<Vec<B::Item>>,
+    items: Items<B::Item>,
     batching: B,
     batch_size: usize,
     seed: Option<u64>,
@@ -45,7 +46,7 @@ pub struct SeededLoader<B: Batching> {
 }
 
 impl<B: Batching> SeededLoader<B> {
-    /// A loader over `items`.
+    /// A loader over `items` (in memory).
     pub fn new(
         items: Vec<B::Item>,
         batch_size: usize,
@@ -53,8 +54,22 @@ impl<B: Batching> SeededLoader<B> {
         batching: B,
         device: &Device,
     ) -> Self {
+        let items = Items::in_memory(items, B::tokens);
+        Self::over(items, batch_size, seed, batching, device)
+    }
+
+    /// A loader over `items`, in memory or spilled; their token counts must be
+    /// [`Batching::tokens`] (as [`Items::in_memory`] and [`Items::collect_like`] give them with
+    /// `B::tokens`).
+    pub fn over(
+        items: Items<B::Item>,
+        batch_size: usize,
+        seed: Option<u64>,
+        batching: B,
+        device: &Device,
+    ) -> Self {
         Self {
-            items: Arc::new(items),
+            items,
             batching,
             batch_size: batch_size.max(1),
             seed,
@@ -80,7 +95,7 @@ impl<B: Batching> SeededLoader<B> {
     }
 
     /// The examples.
-    pub fn items(&self) -> &[B::Item] {
+    pub fn items(&self) -> &Items<B::Item> {
         &self.items
     }
 
@@ -112,7 +127,7 @@ impl<B: Batching> SeededLoader<B> {
         let mut rng = StdRng::seed_from_u64(mix(seed, epoch as u64));
         order.shuffle(&mut rng);
         for window in order.chunks_mut(self.batch_size * 32) {
-            window.sort_by_key(|&i| B::tokens(&self.items[i]));
+            window.sort_by_key(|&i| self.items.tokens(i));
         }
         let mut batches: Vec<Vec<usize>> = order
             .chunks(self.batch_size)
@@ -158,7 +173,18 @@ impl<B: Batching> Iterator for EpochIter<B> {
     type Item = Result<B::Batch, DatasetError>;
     fn next(&mut self) -> Option<Self::Item> {
         let batch = self.batches.get(self.next)?;
-        let items: Vec<&B::Item> = batch.iter().map(|&i| &self.loader.items[i]).collect();
+        let items = match self.loader.items.fetch(batch) {
+            Ok(items) => items,
+            Err(e) => {
+                // The spill file failed: this epoch ends with the error, and so does training.
+                self.next = self.batches.len();
+                return Some(Err(DatasetError::new(std::io::Error::new(
+                    e.kind(),
+                    format!("the data spill file: {e}"),
+                ))));
+            }
+        };
+        let items: Vec<&B::Item> = items.iter().collect();
         if let Some(seed) = self.loader.seed {
             seed_device(&self.loader.device, batch_seed(seed, self.epoch, self.next));
         }
@@ -205,7 +231,8 @@ impl<B: Batching> DataLoader<B::Batch> for SeededLoader<B> {
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B::Batch>> {
         let mut this = self.clone();
-        this.items = Arc::new(self.items[start..end.min(self.items.len())].to_vec());
+        let picked: Vec<usize> = (start..end.min(self.items.len())).collect();
+        this.items = self.items.select(&picked);
         Arc::new(this)
     }
 }
@@ -285,6 +312,32 @@ mod tests {
         let c = SeededLoader::new(items, 8, None, Lengths, &device);
         assert_eq!(c.batches(3).concat(), (0..50).collect::<Vec<_>>());
         assert_eq!(c.iter().count(), 7);
+    }
+
+    #[test]
+    fn a_spilled_loader_hands_out_what_one_in_memory_does() {
+        let device = Device::flex();
+        let items: Vec<usize> = (0..50).map(|i| 1 + i % 7).collect();
+        let spilled = Items::spilled(
+            items.iter().copied().map(Ok::<_, std::io::Error>),
+            Lengths::tokens,
+        )
+        .unwrap();
+        let mem = SeededLoader::new(items.clone(), 8, Some(3), Lengths, &device);
+        let disk = SeededLoader::over(spilled, 8, Some(3), Lengths, &device);
+        assert!(disk.items().is_spilled() && !mem.items().is_spilled());
+        for epoch in 0..3 {
+            let a: Vec<Vec<usize>> = mem.iter().map(|x| x.unwrap()).collect();
+            let b: Vec<Vec<usize>> = disk.iter().map(|x| x.unwrap()).collect();
+            assert_eq!(a, b, "epoch {epoch}");
+        }
+        let tokens = |l: &SeededLoader<Lengths>| l.token_count().load(Ordering::Relaxed);
+        assert_eq!(tokens(&mem), tokens(&disk));
+        let (a, b) = (mem.slice(10, 30), disk.slice(10, 30));
+        let a: Vec<Vec<usize>> = a.iter().map(|x| x.unwrap()).collect();
+        let b: Vec<Vec<usize>> = b.iter().map(|x| x.unwrap()).collect();
+        assert_eq!(a, b, "a worker's slice");
+        assert_eq!(a.concat().len(), 20);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use super::guard::LossGuard;
 use super::loader::{Batching, SeededLoader, seed_device};
 use super::renderer::Report;
 use super::run_dir::{EvalMetrics, RunDir, RunMetrics, peak_rss_mib, write_json};
+use crate::data::Items;
 use crate::error::{Result, TrainError};
 
 /// The batches a workload's loaders hand out.
@@ -47,8 +48,9 @@ pub trait Workload {
     fn model(&mut self, method: Method) -> Result<Self::Model>;
     /// How this model's examples are batched on `device`.
     fn batching(&self, model: &Self::Model, device: &Device) -> Self::Batching;
-    /// The training examples (taken once).
-    fn train_items(&mut self) -> Vec<ItemOf<Self>>;
+    /// The training examples (taken once), in memory or spilled, with their token counts
+    /// as `Self::Batching` counts them.
+    fn train_items(&mut self) -> Items<ItemOf<Self>>;
     /// The validation loader burn-train runs at each epoch's end, on `device` (the inner one).
     fn valid_loader(
         &self,
@@ -183,7 +185,7 @@ impl Session<'_> {
             b_ids = b_param_ids(&mut model);
         }
         let batching = workload.batching(&model, &ad);
-        let loader = SeededLoader::new(
+        let loader = SeededLoader::over(
             workload.train_items(),
             config.batch_size,
             Some(config.seed),
@@ -203,12 +205,12 @@ impl Session<'_> {
                 .into_iter()
                 .take(config.gora.steps)
                 .collect();
-            let items = loader.items();
+            let batches: Vec<Vec<ItemOf<W>>> = batches
+                .iter()
+                .map(|b| loader.items().fetch(b))
+                .collect::<std::io::Result<_>>()?;
             let loss = |m: &W::Model, b: usize| {
-                let refs: Vec<&ItemOf<W>> = batches[b % batches.len()]
-                    .iter()
-                    .map(|&i| &items[i])
-                    .collect();
+                let refs: Vec<&ItemOf<W>> = batches[b % batches.len()].iter().collect();
                 seed_device(&ad, config.seed.wrapping_add(b as u64));
                 workload.loss(m, batching.batch(&refs, &ad))
             };
