@@ -33,6 +33,13 @@ fn track(delta: isize) {
 }
 
 #[allow(dead_code)] // used by the train binary only
+/// Heap bytes this thread has allocated and not freed (frees of its blocks on other threads are
+/// not seen).
+pub fn heap_live() -> isize {
+    LIVE.with(Cell::get)
+}
+
+#[allow(dead_code)] // used by the train binary only
 /// Run `f` on this thread; its result and the most heap it held at once beyond what this
 /// thread held when it started (allocations on other threads are not seen).
 pub fn heap_peak<R>(f: impl FnOnce() -> R) -> (R, usize) {

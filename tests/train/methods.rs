@@ -122,8 +122,17 @@ fn gora_estimation_leaves_weights_alone_and_its_init_descends() {
             gamma: 5e-2,
         };
         let targets = gralora::Targets::names(["query", "value", "intermediate.dense"]);
+        let live = crate::fuzz_support::heap_live();
         let r =
             gralora_train::trainer::gora::attach(&mut m, targets, &config, k, 2, 7, &loss).unwrap();
+        // What the estimation leaves allocated is the adapters, not the batches' graphs (a
+        // forward on the adapted model that is never backpropagated keeps its activations).
+        let kept = crate::fuzz_support::heap_live() - live;
+        assert!(
+            kept < (r.params * 4 + (4 << 20)) as isize,
+            "k = {k}: GoRA left {kept} bytes allocated for {} adapter parameters",
+            r.params
+        );
         // The base weights are bit-for-bit what they were; only adapters were added.
         assert_eq!(snapshot(&mut m), before, "k = {k}");
         assert_eq!(r.layers.len(), 18);

@@ -338,14 +338,15 @@ pub struct HyperArgs {
     /// Epochs.
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
-    /// Peak learning rate (linear warmup, cosine decay). Default 1e-3 for adapters, 5e-5 for full.
+    /// Peak learning rate (linear warmup, cosine decay). Default 1e-3 for LoRA and GraLoRA, 1e-4
+    /// for GoRA, 5e-5 for full.
     #[arg(long)]
     pub lr: Option<f64>,
     /// LoRA+: the B matrices learn at lr × this (default 1; 16 for GoRA).
     #[arg(long)]
     pub b_lr_ratio: Option<f64>,
-    /// GoRA: batches the gradients are averaged over.
-    #[arg(long, default_value_t = 8)]
+    /// GoRA: batches the gradients are averaged over (the paper's 64).
+    #[arg(long, default_value_t = 64)]
     pub gora_steps: usize,
     /// GoRA: smallest rank (--rank is the reference rank of the budget).
     #[arg(long, default_value_t = 4)]
