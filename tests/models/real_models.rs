@@ -305,9 +305,11 @@ fn smollm2_merged_into_gguf_reads_back_with_the_merged_logits() {
     let keep = std::env::var_os("GRALORA_KEEP_EXPORT").map(PathBuf::from);
     let out = keep.unwrap_or_else(|| scratch.join("x"));
     std::fs::create_dir_all(&out).unwrap();
-    // (type, file_type, (max, mean) |logit error| allowed): about twice what was measured.
+    // (type, file_type, (max, mean) |logit error| allowed): about twice what was measured. F32's
+    // error is summation order alone, and that depends on the CPU's BLAS kernels: a mean of
+    // 2.10e-5 (max 9.8e-5) on OpenBLAS's Haswell kernels, about half that on the first machine.
     for (ty, file_type, tolerance) in [
-        (GgmlType::F32, 0, (2e-4, 2e-5)),
+        (GgmlType::F32, 0, (2e-4, 4e-5)),
         (GgmlType::F16, 1, (0.07, 0.01)),
         (GgmlType::Q8_0, 7, (2.5, 0.2)),
     ] {
