@@ -364,7 +364,11 @@ fn bad_training_arguments_are_one_line_errors() {
 }
 
 /// Memory does not grow over epochs: the process's peak resident memory at the end of epoch 5 is
-/// within 5 % of its peak at the end of epoch 1, on Flex and (where an adapter exists) wgpu.
+/// within 5 % of its peak at the end of epoch 2, and within 10 % of epoch 1's, on Flex and (where
+/// an adapter exists) wgpu. Epoch 1 is not the reference of the 5 %: some runs take one step of
+/// up to 22 MiB (8 %) during epoch 2 and stay flat after it (Flex, 64 examples; measured on the
+/// builds before and after the spill files, in 2 runs of 4 each: 272 → 294 MiB, then 294 to the
+/// end), a one-off allocation, not growth.
 #[test]
 fn peak_memory_stays_flat_from_epoch_one_to_five() {
     let Some(home) = excerpt_home("memory") else {
@@ -411,11 +415,11 @@ fn peak_memory_stays_flat_from_epoch_one_to_five() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let peaks = metrics(&out).peak_rss_mb_by_epoch;
         assert_eq!(peaks.len(), 5, "{peaks:?}");
-        let (first, last) = (peaks[0], peaks[4]);
+        let (first, second, last) = (peaks[0], peaks[1], peaks[4]);
         eprintln!("{device}: peak RSS by epoch {peaks:?} MiB");
         assert!(
-            last <= first * 1.05,
-            "{device}: peak memory grew from {first:.0} MiB after epoch 1 to {last:.0} MiB after epoch 5 ({peaks:?})"
+            last <= second * 1.05 && last <= first * 1.10,
+            "{device}: peak memory grew from {first:.0} MiB after epoch 1 and {second:.0} MiB after epoch 2 to {last:.0} MiB after epoch 5 ({peaks:?})"
         );
     }
 }
