@@ -34,8 +34,8 @@ pub enum TrainError {
         source: std::io::Error,
     },
     /// The temporary file a dataset is spilled to (in `$TMPDIR`) could not be written or read.
-    #[error("the data spill file: {0}")]
-    Spill(#[from] std::io::Error),
+    #[error(transparent)]
+    Spill(#[from] crate::data::SpillError),
     /// The model could not be loaded or saved.
     #[error(transparent)]
     Model(#[from] gralora_models::ModelError),

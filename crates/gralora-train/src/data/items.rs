@@ -10,6 +10,7 @@
 //! positioned reads. Selections ([`Items::select`]) share the file and keep their own index, so
 //! a held-out split, a subset or a worker's slice costs only its index.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::marker::PhantomData;
@@ -17,6 +18,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+/// A spill file could not be created, written or read back.
+#[derive(Debug, thiserror::Error)]
+#[error("the data spill file: {0}")]
+pub struct SpillError(#[from] io::Error);
+
+/// Result with [`SpillError`].
+pub type SpillResult<T> = Result<T, SpillError>;
 
 /// An item of a spilled list: anything serde can write and read back.
 pub trait Spillable: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {}
@@ -116,7 +125,7 @@ impl<T: Spillable> Items<T> {
 
     /// The items of `iter` written to a new spill file as they come; `len` gives an item's
     /// token count. The first error of `iter` is returned as it is.
-    pub fn spilled<E: From<io::Error>>(
+    pub fn spilled<E: From<SpillError>>(
         iter: impl IntoIterator<Item = Result<T, E>>,
         len: impl Fn(&T) -> usize,
     ) -> Result<Self, E> {
@@ -125,17 +134,17 @@ impl<T: Spillable> Items<T> {
 
     /// Rows not yet tokenised (their token counts are 0), written to a new spill file as they
     /// come (8 bytes of memory a row).
-    pub fn spilled_rows<E: From<io::Error>>(
+    pub fn spilled_rows<E: From<SpillError>>(
         iter: impl IntoIterator<Item = Result<T, E>>,
     ) -> Result<Self, E> {
         Self::spill(iter, None::<fn(&T) -> usize>)
     }
 
-    fn spill<E: From<io::Error>>(
+    fn spill<E: From<SpillError>>(
         iter: impl IntoIterator<Item = Result<T, E>>,
         len: Option<impl Fn(&T) -> usize>,
     ) -> Result<Self, E> {
-        let mut writer = SpillWriter::new()?;
+        let mut writer = SpillWriter::new().map_err(SpillError::from)?;
         let mut index = Vec::new();
         let mut lens = Vec::new();
         for item in iter {
@@ -143,12 +152,12 @@ impl<T: Spillable> Items<T> {
             if let Some(len) = &len {
                 lens.push(count(len(&item)));
             }
-            index.push(writer.push(&item)?);
+            index.push(writer.push(&item).map_err(SpillError::from)?);
         }
         index.shrink_to_fit();
         lens.shrink_to_fit();
         Ok(Self {
-            store: Arc::new(Store::Disk(writer.finish()?)),
+            store: Arc::new(Store::Disk(writer.finish().map_err(SpillError::from)?)),
             index: Arc::new(index),
             lens: Arc::new(lens),
             on_read: None,
@@ -157,7 +166,7 @@ impl<T: Spillable> Items<T> {
 
     /// The items of `iter`, spilled when `self` is (a tokenised copy of a spilled list stays
     /// out of memory), else in memory.
-    pub fn collect_like<U: Spillable, E: From<io::Error>>(
+    pub fn collect_like<U: Spillable, E: From<SpillError>>(
         &self,
         iter: impl IntoIterator<Item = Result<U, E>>,
         len: impl Fn(&U) -> usize,
@@ -171,7 +180,7 @@ impl<T: Spillable> Items<T> {
     }
 
     /// Item `i`.
-    pub fn get(&self, i: usize) -> io::Result<T> {
+    pub fn get(&self, i: usize) -> SpillResult<T> {
         let item = match &*self.store {
             Store::Memory(v) => v[self.index[i] as usize].clone(),
             Store::Disk(s) => s.read(self.index[i])?,
@@ -183,17 +192,28 @@ impl<T: Spillable> Items<T> {
     }
 
     /// Items `idx`, in that order.
-    pub fn fetch(&self, idx: &[usize]) -> io::Result<Vec<T>> {
+    pub fn fetch(&self, idx: &[usize]) -> SpillResult<Vec<T>> {
         idx.iter().map(|&i| self.get(i)).collect()
     }
 
+    /// Items `idx`, in that order: borrowed where they are in memory as stored, else read.
+    pub fn fetch_ref(&self, idx: &[usize]) -> SpillResult<Vec<Cow<'_, T>>> {
+        match (&*self.store, &self.on_read) {
+            (Store::Memory(v), None) => Ok(idx
+                .iter()
+                .map(|&i| Cow::Borrowed(&v[self.index[i] as usize]))
+                .collect()),
+            _ => idx.iter().map(|&i| self.get(i).map(Cow::Owned)).collect(),
+        }
+    }
+
     /// Every item, in order.
-    pub fn iter(&self) -> impl Iterator<Item = io::Result<T>> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = SpillResult<T>> + '_ {
         (0..self.len()).map(|i| self.get(i))
     }
 
     /// Every item, in order, read into memory.
-    pub fn to_vec(&self) -> io::Result<Vec<T>> {
+    pub fn to_vec(&self) -> SpillResult<Vec<T>> {
         self.iter().collect()
     }
 
@@ -357,7 +377,7 @@ mod tests {
     fn spilled_items_read_back_as_written_in_any_order_and_selection() {
         let v = rows(100);
         let disk =
-            Items::spilled(v.iter().cloned().map(Ok::<_, io::Error>), |r| r.ids.len()).unwrap();
+            Items::spilled(v.iter().cloned().map(Ok::<_, SpillError>), |r| r.ids.len()).unwrap();
         let mem = Items::in_memory(v.clone(), |r| r.ids.len());
         assert!(disk.is_spilled() && !mem.is_spilled());
         assert_eq!(disk.len(), 100);
@@ -380,7 +400,7 @@ mod tests {
     #[test]
     fn a_read_transform_applies_to_every_read_and_composes() {
         let v = rows(10);
-        let disk = Items::spilled(v.iter().cloned().map(Ok::<_, io::Error>), |_| 0)
+        let disk = Items::spilled(v.iter().cloned().map(Ok::<_, SpillError>), |_| 0)
             .unwrap()
             .map_on_read(|mut r| {
                 r.label += 10;
@@ -398,18 +418,18 @@ mod tests {
 
     #[test]
     fn collect_like_keeps_a_spilled_list_out_of_memory_and_passes_errors_through() {
-        let disk = Items::spilled(rows(5).into_iter().map(Ok::<_, io::Error>), |_| 0).unwrap();
+        let disk = Items::spilled(rows(5).into_iter().map(Ok::<_, SpillError>), |_| 0).unwrap();
         let lens = disk
             .collect_like(disk.iter().map(|r| r.map(|r| r.ids)), Vec::len)
             .unwrap();
         assert!(lens.is_spilled());
         assert_eq!(lens.tokens(4), 4);
         let err = disk
-            .collect_like::<u32, io::Error>(
-                [Ok(1), Err(io::Error::other("row 2 is bad")), Ok(3)],
+            .collect_like::<u32, SpillError>(
+                [Ok(1), Err(io::Error::other("row 2 is bad").into()), Ok(3)],
                 |_| 0,
             )
             .unwrap_err();
-        assert_eq!(err.to_string(), "row 2 is bad");
+        assert_eq!(err.to_string(), "the data spill file: row 2 is bad");
     }
 }

@@ -23,7 +23,7 @@ pub use files::{
     seeded_subset, subset_items, verify_assets,
 };
 pub use glue::{read_arrow, read_glue_pairs, read_sst2_arrow};
-pub use items::{Items, Spillable};
+pub use items::{Items, SpillError, SpillResult, Spillable};
 pub use rotten_tomatoes::{normalise, read_rotten_tomatoes, remove_overlap};
 pub use snli::read_snli;
 pub use user::{

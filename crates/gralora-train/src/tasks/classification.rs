@@ -161,6 +161,14 @@ impl Batching for ClassBatching {
 /// The encoder tasks' loader.
 pub type EpochLoader = SeededLoader<ClassBatching>;
 
+/// A text, or a text pair, as the tokenizer's truncation settings leave it.
+pub fn encode_text(tokenizer: &TextTokenizer, a: &str, b: Option<&str>) -> Result<Encoded> {
+    Ok(match b {
+        Some(b) => tokenizer.encode_pair(a, b)?,
+        None => tokenizer.encode(a, true)?,
+    })
+}
+
 /// Tokenise examples (truncated to `max_len`).
 pub fn tokenize(
     tokenizer: &mut TextTokenizer,
@@ -171,12 +179,8 @@ pub fn tokenize(
     examples
         .iter()
         .map(|e| {
-            let encoded = match &e.b {
-                Some(b) => tokenizer.encode_pair(&e.a, b)?,
-                None => tokenizer.encode(&e.a, true)?,
-            };
             Ok(Item {
-                encoded,
+                encoded: encode_text(tokenizer, &e.a, e.b.as_deref())?,
                 label: e.label,
             })
         })
@@ -195,10 +199,7 @@ pub fn tokenize_counted(
         let e = e?;
         let mut encode = |max: Option<usize>| -> Result<Encoded> {
             tokenizer.set_max_len(max)?;
-            Ok(match &e.b {
-                Some(b) => tokenizer.encode_pair(&e.a, b)?,
-                None => tokenizer.encode(&e.a, true)?,
-            })
+            encode_text(tokenizer, &e.a, e.b.as_deref())
         };
         let whole = encode(None)?.ids.len();
         let encoded = encode(Some(max_len))?;
@@ -266,8 +267,8 @@ pub fn evaluate(
         (0usize, 0usize, 0usize, 0usize, 0f64);
     let mut classes = 0;
     for chunk in order.chunks(batch_size.max(1)) {
-        let batch = items.fetch(chunk)?;
-        let batch: Vec<&Item> = batch.iter().collect();
+        let batch = items.fetch_ref(chunk)?;
+        let batch: Vec<&Item> = batch.iter().map(|i| &**i).collect();
         let b = ClassBatch::new(&batch, pad, &device);
         let logits = model.forward(&b.input);
         let [n, c] = logits.dims();

@@ -123,12 +123,8 @@ pub fn tokenize_scored(
     tokenizer.set_max_len(Some(max_len))?;
     let items = examples.iter().map(|e| -> Result<ScoreItem> {
         let e = e?;
-        let encoded = match &e.b {
-            Some(b) => tokenizer.encode_pair(&e.a, b)?,
-            None => tokenizer.encode(&e.a, true)?,
-        };
         Ok(ScoreItem {
-            encoded,
+            encoded: super::classification::encode_text(tokenizer, &e.a, e.b.as_deref())?,
             score: e.score,
         })
     });
@@ -192,8 +188,8 @@ pub fn predict(
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| items.tokens(i));
     for chunk in order.chunks(batch_size.max(1)) {
-        let batch = items.fetch(chunk)?;
-        let batch: Vec<&ScoreItem> = batch.iter().collect();
+        let batch = items.fetch_ref(chunk)?;
+        let batch: Vec<&ScoreItem> = batch.iter().map(|i| &**i).collect();
         let b = score_batch(&batch, pad, 1, &device);
         let values = gralora::io::read_f32(model.forward(&b.input))?;
         for (&i, v) in chunk.iter().zip(values) {
@@ -218,7 +214,7 @@ pub fn evaluate_scores(
     let gold: Vec<f64> = items
         .iter()
         .map(|i| i.map(|i| f64::from(i.score)))
-        .collect::<std::io::Result<_>>()?;
+        .collect::<crate::data::SpillResult<_>>()?;
     let n = items.len().max(1) as f64;
     let mse = pred
         .iter()

@@ -271,8 +271,8 @@ pub fn evaluate_lm(
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| items.tokens(i));
     for chunk in order.chunks(batch_size.max(1)) {
-        let batch = items.fetch(chunk)?;
-        let refs: Vec<&LmItem> = batch.iter().collect();
+        let batch = items.fetch_ref(chunk)?;
+        let refs: Vec<&LmItem> = batch.iter().map(|i| &**i).collect();
         let batch = LmBatch::new(&refs, device);
         let hidden = model.forward_hidden(batch.ids.clone(), Some(batch.mask.clone()), None);
         let [b, t, d] = hidden.dims();

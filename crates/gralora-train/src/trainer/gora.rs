@@ -268,7 +268,6 @@ pub fn attach<M: AdapterHost + Module + Clone>(
         .map(|b| f64::from(loss(&frozen, b).into_scalar::<f32>()))
         .sum::<f64>()
         / batches as f64;
-    drop(frozen);
     Ok(GoraReport {
         config: config.clone(),
         k,

@@ -173,18 +173,16 @@ impl<B: Batching> Iterator for EpochIter<B> {
     type Item = Result<B::Batch, DatasetError>;
     fn next(&mut self) -> Option<Self::Item> {
         let batch = self.batches.get(self.next)?;
-        let items = match self.loader.items.fetch(batch) {
+        let store = self.loader.items.clone();
+        let items = match store.fetch_ref(batch) {
             Ok(items) => items,
             Err(e) => {
                 // The spill file failed: this epoch ends with the error, and so does training.
                 self.next = self.batches.len();
-                return Some(Err(DatasetError::new(std::io::Error::new(
-                    e.kind(),
-                    format!("the data spill file: {e}"),
-                ))));
+                return Some(Err(DatasetError::new(e)));
             }
         };
-        let items: Vec<&B::Item> = items.iter().collect();
+        let items: Vec<&B::Item> = items.iter().map(|i| &**i).collect();
         if let Some(seed) = self.loader.seed {
             seed_device(&self.loader.device, batch_seed(seed, self.epoch, self.next));
         }
@@ -319,7 +317,7 @@ mod tests {
         let device = Device::flex();
         let items: Vec<usize> = (0..50).map(|i| 1 + i % 7).collect();
         let spilled = Items::spilled(
-            items.iter().copied().map(Ok::<_, std::io::Error>),
+            items.iter().copied().map(Ok::<_, crate::data::SpillError>),
             Lengths::tokens,
         )
         .unwrap();

@@ -208,7 +208,7 @@ impl Session<'_> {
             let batches: Vec<Vec<ItemOf<W>>> = batches
                 .iter()
                 .map(|b| loader.items().fetch(b))
-                .collect::<std::io::Result<_>>()?;
+                .collect::<crate::data::SpillResult<_>>()?;
             let loss = |m: &W::Model, b: usize| {
                 let refs: Vec<&ItemOf<W>> = batches[b % batches.len()].iter().collect();
                 seed_device(&ad, config.seed.wrapping_add(b as u64));
